@@ -1,0 +1,95 @@
+"""dgm_fast Langevin ops against what a user writes in plain PyTorch, eager and compiled.
+
+Measures only; correctness is asserted in tests/. Sizes, rounds and the
+timing helper ``measure`` come from conftest.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import dgm_fast
+
+DTYPE = torch.float32
+STEP = 0.01
+NOISE = math.sqrt(STEP)  # the Euler-Maruyama noise of a Langevin step of size STEP
+N_STEPS = 60
+
+
+def eager_step(x, grad):
+    # the separate randn tensor is written and re-read: the traffic dgm_fast avoids
+    return x - STEP / 2 * grad + NOISE * torch.randn_like(x)
+
+
+# dynamic=False: one graph specialised per shape, as a fixed-shape user loop gets
+compiled_step = torch.compile(eager_step, dynamic=False)
+
+
+def test_copy(measure, bench_config, numel):
+    """The machine's copy bandwidth at this size: the yardstick for langevin_step."""
+    x = torch.randn(numel, dtype=DTYPE, device=bench_config.device)
+    out = torch.empty_like(x)
+    measure(lambda: out.copy_(x), op="copy", contender="torch", size=numel, dtype=DTYPE,
+            bytes=2 * x.element_size() * numel)
+
+
+def test_langevin_step(measure, bench_config, numel, contender, backend):
+    x, grad = (torch.randn(numel, dtype=DTYPE, device=bench_config.device) for _ in range(2))
+    fn = {
+        "dgm_fast": lambda: dgm_fast.langevin_step(x, grad, STEP, NOISE),
+        "eager": lambda: eager_step(x, grad),
+        "compiled": lambda: compiled_step(x, grad),
+    }[contender]
+    # the minimum traffic of a step: read x and grad, write out (noise is not a tensor)
+    measure(fn, op="langevin_step", contender=contender, size=numel, dtype=DTYPE, backend=backend,
+            bytes=3 * x.element_size() * numel)
+
+
+@pytest.fixture(scope="module")
+def energy(bench_config):
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Linear(64, 200), nn.LeakyReLU(0.2),
+        nn.Linear(200, 200), nn.LeakyReLU(0.2),
+        nn.Linear(200, 1),
+    )
+    # sampling differentiates w.r.t. x only
+    return net.to(bench_config.device, DTYPE).requires_grad_(False)
+
+
+def eager_chain(energy, x):
+    for _ in range(N_STEPS):
+        x = x.detach().requires_grad_()
+        (grad,) = torch.autograd.grad(energy(x).sum(), x)
+        x = eager_step(x.detach(), grad)
+    return x
+
+
+@pytest.fixture(scope="module")
+def compiled_chain(energy):
+    # torch.func.grad of the energy and the update compile into one graph with
+    # fullgraph=True; torch.autograd.grad inside a compiled function graph-breaks.
+    grad_energy = torch.func.grad(lambda x: energy(x).sum())
+    step = torch.compile(lambda x: eager_step(x, grad_energy(x)), dynamic=False, fullgraph=True)
+
+    def chain(x):
+        for _ in range(N_STEPS):
+            x = step(x)
+        return x
+
+    return chain
+
+
+def test_sample_langevin(measure, bench_config, energy, compiled_chain, batch, contender, backend):
+    x0 = torch.randn(batch, 64, dtype=DTYPE, device=bench_config.device)
+    fn = {
+        "dgm_fast": lambda: dgm_fast.sample_langevin(energy, x0, N_STEPS, STEP, NOISE),
+        "eager": lambda: eager_chain(energy, x0),
+        "compiled": lambda: compiled_chain(x0),
+    }[contender]
+    measure(fn, op="sample_langevin", contender=contender, size=batch, dtype=DTYPE, backend=backend,
+            n_steps=N_STEPS, energy="mlp 64-200-200-1")

@@ -1,0 +1,127 @@
+// The counter-based N(0, 1) stream of philox.h, generated a tile at a time on
+// the CPU so fused kernels consume noise from L1 and never from memory.
+// Every loop here is written to vectorize (gcc -O3, any x86 target clone).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "philox.h"
+
+namespace dgm_fast {
+namespace cpu {
+
+// Stream indices per tile: a multiple of 4 (one Philox call makes 4 normals),
+// small enough that a tile's noise and Philox words stay in L1.
+constexpr int64_t kNoiseTile = 512;
+
+DGM_HD float bits_to_float(uint32_t i) {
+  float f;
+  std::memcpy(&f, &i, sizeof f);
+  return f;
+}
+
+DGM_HD uint32_t float_to_bits(float f) {
+  uint32_t i;
+  std::memcpy(&i, &f, sizeof i);
+  return i;
+}
+
+// Natural log for u in (0, 1]. Integer bit arithmetic instead of branches so
+// that gcc vectorizes the loop: shifting the bits by those of sqrt(1/2) splits
+// u = 2^e * (1 + m) with 1 + m in [sqrt(1/2), sqrt(2)); then the Cephes logf
+// minimax polynomial in m (about 1 ulp).
+DGM_HD float log_unit(float u) {
+  const uint32_t i = float_to_bits(u) + (0x3F800000u - 0x3F3504F3u);
+  const float e = static_cast<float>(static_cast<int32_t>(i >> 23) - 127);
+  const float m = bits_to_float((i & 0x007FFFFFu) + 0x3F3504F3u) - 1.0f;
+  const float z = m * m;
+  float p = 7.0376836292e-2f;
+  p = p * m - 1.1514610310e-1f;
+  p = p * m + 1.1676998740e-1f;
+  p = p * m - 1.2420140846e-1f;
+  p = p * m + 1.4249322787e-1f;
+  p = p * m - 1.6668057665e-1f;
+  p = p * m + 2.0000714765e-1f;
+  p = p * m - 2.4999993993e-1f;
+  p = p * m + 3.3333331174e-1f;
+  const float y = p * m * z - 2.12194440e-4f * e - 0.5f * z;
+  return m + y + 0.693359375f * e;
+}
+
+// sin and cos of 2*pi*t for t in [0, 1]: t is reduced exactly by the nearest
+// quarter turn q, then Cephes sinf/cosf polynomials on [-pi/4, pi/4] and a
+// quadrant rotation done with bit masks (again: no branches, so it vectorizes).
+DGM_HD void sincos_turns(float t, float& s, float& c) {
+  const float q = std::nearbyint(4.0f * t);
+  const float a = 6.28318530717958648f * (t - 0.25f * q);
+  const float a2 = a * a;
+  const float sa = a + a * a2 * (-1.6666654611e-1f + a2 * (8.3321608736e-3f + a2 * -1.9515295891e-4f));
+  const float ca = 1.0f - 0.5f * a2 +
+                   a2 * a2 * (4.166664568298827e-2f + a2 * (-1.388731625493765e-3f + a2 * 2.443315711809948e-5f));
+  const uint32_t quadrant = static_cast<uint32_t>(static_cast<int32_t>(q));
+  const uint32_t swap = 0u - (quadrant & 1u);  // all ones in odd quadrants
+  const uint32_t sa_bits = float_to_bits(sa), ca_bits = float_to_bits(ca);
+  const uint32_t s_bits = (sa_bits & ~swap) | (ca_bits & swap);
+  const uint32_t c_bits = (ca_bits & ~swap) | (sa_bits & swap);
+  s = bits_to_float(s_bits ^ ((quadrant & 2u) << 30));
+  c = bits_to_float(c_bits ^ (((quadrant + 1u) & 2u) << 30));
+}
+
+// Box-Muller on one (radius, angle) pair of uniforms, in the compute precision:
+// float uses the vectorizable polynomials above, double uses libm exactly as
+// the reference (dgm_fast/philox.py) does.
+DGM_HD void box_muller(float u_rad, float u_ang, float& z_cos, float& z_sin) {
+  const float rho = std::sqrt(-2.0f * log_unit(u_rad));
+  float s, c;
+  sincos_turns(u_ang, s, c);
+  z_cos = rho * c;
+  z_sin = rho * s;
+}
+
+DGM_HD void box_muller(float u_rad, float u_ang, double& z_cos, double& z_sin) {
+  const double rho = std::sqrt(-2.0 * std::log(static_cast<double>(u_rad)));
+  const double t = 6.283185307179586 * static_cast<double>(u_ang);
+  z_cos = rho * std::cos(t);
+  z_sin = rho * std::sin(t);
+}
+
+// Scratch for one tile; a tile may straddle one extra group of four.
+template <typename acc_t>
+struct NoiseTile {
+  static constexpr int64_t kCounters = kNoiseTile / 4 + 1;
+  alignas(64) uint32_t bits[4][kCounters];
+  alignas(64) acc_t normal[4][kCounters];
+  alignas(64) acc_t out[4 * kCounters];
+};
+
+// Returns z with z[j] = xi(seed, g0 + j) for 0 <= j < n <= kNoiseTile.
+template <typename acc_t>
+DGM_HD const acc_t* fill_noise_tile(uint64_t seed, uint64_t g0, int64_t n, NoiseTile<acc_t>& t) {
+  const uint64_t c_first = g0 >> 2;
+  const int64_t count = static_cast<int64_t>(((g0 + n - 1) >> 2) - c_first) + 1;
+  const uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+#pragma GCC ivdep
+  for (int64_t k = 0; k < count; ++k) {
+    const uint64_t c = c_first + k;
+    uint32_t c0 = static_cast<uint32_t>(c), c1 = static_cast<uint32_t>(c >> 32), c2 = 0, c3 = 0;
+    philox4x32_10(c0, c1, c2, c3, k0, k1);
+    t.bits[0][k] = c0;
+    t.bits[1][k] = c1;
+    t.bits[2][k] = c2;
+    t.bits[3][k] = c3;
+  }
+#pragma GCC ivdep
+  for (int64_t k = 0; k < count; ++k) {
+    box_muller(uniform_from_bits(t.bits[0][k]), uniform_from_bits(t.bits[1][k]), t.normal[0][k], t.normal[1][k]);
+    box_muller(uniform_from_bits(t.bits[2][k]), uniform_from_bits(t.bits[3][k]), t.normal[2][k], t.normal[3][k]);
+  }
+  for (int64_t k = 0; k < count; ++k) {
+    for (int w = 0; w < 4; ++w) t.out[4 * k + w] = t.normal[w][k];
+  }
+  return t.out + (g0 & 3);
+}
+
+}  // namespace cpu
+}  // namespace dgm_fast

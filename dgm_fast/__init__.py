@@ -1,0 +1,20 @@
+"""dgm_fast: fused kernels for the cores of deep generative models.
+
+Ops dispatch on their tensors' device to a compiled backend (C++ on CPU,
+Triton or CUDA on GPUs); ``use_backend`` forces one, ``"reference"`` being
+the plain-PyTorch specification each backend is tested against.
+"""
+
+from dgm_fast.backend import BACKENDS, available_backends, use_backend
+from dgm_fast.langevin import LangevinSampler, langevin_step, langevin_step_, sample_langevin
+
+__version__ = "0.1.0"
+__all__ = [
+    "BACKENDS",
+    "LangevinSampler",
+    "available_backends",
+    "langevin_step",
+    "langevin_step_",
+    "sample_langevin",
+    "use_backend",
+]

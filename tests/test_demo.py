@@ -1,0 +1,75 @@
+"""The end-to-end demo (dgm_fast.demo): toy data, MMD, and a quick training run."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from dgm_fast.demo import run_demo
+from dgm_fast.demo.metrics import mmd2
+from dgm_fast.demo.toy_data import GRID_STD, gaussian_grid, grid_centres, swiss_roll
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_gaussian_grid_has_nine_equal_tight_modes():
+    x = gaussian_grid(9000, _gen())
+    assert x.shape == (9000, 2)
+    dist, mode = torch.cdist(x, grid_centres()).min(dim=1)
+    assert set(grid_centres().abs().unique().tolist()) == {0.0, 2.0}
+    assert (dist < 5 * GRID_STD).all()
+    counts = torch.bincount(mode, minlength=9)
+    assert (counts - 1000).abs().max() < 150
+    assert (x - grid_centres()[mode]).std().item() == pytest.approx(GRID_STD, rel=0.05)
+
+
+def test_swiss_roll_is_a_centred_spiral():
+    x = swiss_roll(5000, _gen())
+    assert x.shape == (5000, 2)
+    radius = x.norm(dim=1)
+    # noise-free radius t / 5 spans [0.3 pi, 0.9 pi]; the noise (std 0.2) blurs the ends
+    assert 0.6 < radius.quantile(0.01) < 1.2 and 2.5 < radius.quantile(0.99) < 3.2
+    assert x.mean(dim=0).abs().max() < 0.5
+
+
+def test_generators_are_reproducible():
+    assert torch.equal(swiss_roll(100, _gen(3)), swiss_roll(100, _gen(3)))
+    assert torch.equal(gaussian_grid(100, _gen(3)), gaussian_grid(100, _gen(3)))
+
+
+def test_mmd_near_zero_for_same_law_and_grows_with_shift():
+    x, y = gaussian_grid(1000, _gen(1)), gaussian_grid(1000, _gen(2))
+    same = mmd2(x, y)
+    assert abs(same) < 2e-3
+    shifts = [mmd2(x, y + torch.tensor([s, 0.0])) for s in (0.1, 0.3, 1.0)]
+    assert same < shifts[0] < shifts[1] < shifts[2]
+    assert shifts[0] > 10 * abs(same)
+
+
+def test_mmd_is_symmetric_and_exact_on_tiny_input():
+    x, y = torch.tensor([[0.0, 0.0], [1.0, 0.0]]), torch.tensor([[0.0, 1.0], [3.0, 0.0]])
+    assert mmd2(x, y) == pytest.approx(mmd2(y, x))
+
+    def k(a, b):  # the RBF kernel with bandwidth 1
+        return math.exp(-((a - b).norm().item() ** 2) / 2)
+
+    cross = sum(k(a, b) for a in x for b in y) / 4
+    expected = k(x[0], x[1]) + k(y[0], y[1]) - 2 * cross
+    assert mmd2(x, y, bandwidths=(1.0,)) == pytest.approx(expected)
+
+
+def test_quick_demo_writes_outputs_and_beats_the_prior(tmp_path):
+    result = run_demo(tmp_path, quick=True, seed=0)
+    png, metrics = tmp_path / "ebm_toy.png", tmp_path / "metrics.json"
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads(metrics.read_text())["mmd2"] == result["mmd2"]
+    assert result["figure"] == str(png) and result["metrics_json"] == str(metrics)
+    assert set(result["mmd2"]) == {"9-gaussians", "swiss-roll"}
+    for name, scores in result["mmd2"].items():
+        assert all(math.isfinite(v) for v in scores.values()), name
+        for dynamics in ("noisy", "noise-free"):
+            # training must move the samples well away from the N(0, I) starting points
+            assert scores[dynamics] < 0.6 * scores["prior N(0,I)"], (name, dynamics, scores)

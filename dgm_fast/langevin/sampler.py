@@ -36,8 +36,9 @@ def sample_langevin(
 
     Each step takes ``grad = d energy(x).sum() / dx`` by autograd and applies
     ``dgm_fast.langevin_step`` with the remaining arguments; step ``k`` draws
-    noise from stream offsets ``[k * numel, (k + 1) * numel)`` of one ``seed``,
-    so a chain is reproducible from its seed. ``noise_scale=0`` gives the
+    noise from stream offset ``k * stride`` of one ``seed``, ``stride`` being
+    ``numel`` rounded up to a multiple of 4 (so each step starts on a Philox
+    group, the kernels' aligned fast path): a chain is reproducible from its seed. ``noise_scale=0`` gives the
     deterministic generator G_theta of (2.21).
 
     With ``create_graph=True`` the chain is differentiable: a loss on the
@@ -57,6 +58,7 @@ def sample_langevin(
         raise TypeError(f"energy must be callable, got {type(energy).__name__}")
     seed = draw_seed() if seed is None else seed
     step_kw = dict(prior_weight=prior_weight, grad_clip=grad_clip, clamp=clamp, seed=seed)
+    stride = -(-x0.numel() // 4) * 4
 
     with torch.enable_grad():
         x = x0 if create_graph and x0.requires_grad else x0.detach()
@@ -66,10 +68,10 @@ def sample_langevin(
                 x = x.requires_grad_()
             g = _energy_grad(energy, x, create_graph)
             if create_graph:
-                x = langevin_step(x, g, step_size, noise_scale, offset=k * x.numel(), **step_kw)
+                x = langevin_step(x, g, step_size, noise_scale, offset=k * stride, **step_kw)
             else:
                 with torch.no_grad():
-                    x = langevin_step(x, g, step_size, noise_scale, offset=k * x.numel(), **step_kw)
+                    x = langevin_step(x, g, step_size, noise_scale, offset=k * stride, **step_kw)
             trajectory.append(x)
     if return_trajectory:
         return torch.stack([t if create_graph else t.detach() for t in trajectory])

@@ -1,0 +1,30 @@
+"""Shared test setup. Triton kernels run under the interpreter when no GPU is
+present; TRITON_INTERPRET must be set before any @triton.jit runs, so here,
+before anything imports dgm_fast.kernels."""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import dgm_fast  # noqa: E402
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# (device, backend) for every compiled backend that can run here
+NATIVE = [(d, b) for d in DEVICES for b in dgm_fast.available_backends(d) if b != "reference"]
+
+
+def native_id(case):
+    return f"{case[0]}-{case[1]}"
+
+
+@pytest.fixture(params=NATIVE, ids=native_id)
+def native(request):
+    """(device, backend) of one compiled backend, forced for the test."""
+    device, backend = request.param
+    with dgm_fast.use_backend(backend):
+        yield device, backend

@@ -1,6 +1,8 @@
-"""Shared test setup. Triton kernels run under the interpreter when no GPU is
-present; TRITON_INTERPRET must be set before any @triton.jit runs, so here,
-before anything imports dgm_fast.kernels."""
+"""Shared test setup, done before anything imports dgm_fast.
+
+Triton kernels run under the interpreter when no GPU is present;
+TRITON_INTERPRET must be set before any @triton.jit runs, so here.
+"""
 
 import os
 
@@ -8,6 +10,7 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ["DGM_FAST_POISON"] = "1"  # outputs start as NaN (dgm_fast/langevin/op.py)
 
 import pytest  # noqa: E402
 

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "cpu/philox_simd.h"
 #include "philox.h"
 
 namespace dgm_fast {
@@ -53,8 +54,12 @@ DGM_HD float log_unit(float u) {
 // sin and cos of 2*pi*t for t in [0, 1]: t is reduced exactly by the nearest
 // quarter turn q, then Cephes sinf/cosf polynomials on [-pi/4, pi/4] and a
 // quadrant rotation done with bit masks (again: no branches, so it vectorizes).
+// q = nearbyint(4t) is computed by adding and subtracting 1.5 * 2^23, which
+// rounds 4t (exact, |4t| <= 4) to an integer half-to-even exactly as nearbyint
+// does, but vectorizes without SSE4.1 roundps (the baseline clone would call
+// libm per element). It needs IEEE evaluation: no -ffast-math.
 DGM_HD void sincos_turns(float t, float& s, float& c) {
-  const float q = std::nearbyint(4.0f * t);
+  const float q = (4.0f * t + 0x1.8p23f) - 0x1.8p23f;
   const float a = 6.28318530717958648f * (t - 0.25f * q);
   const float a2 = a * a;
   const float sa = a + a * a2 * (-1.6666654611e-1f + a2 * (8.3321608736e-3f + a2 * -1.9515295891e-4f));
@@ -101,17 +106,7 @@ template <typename acc_t>
 DGM_HD const acc_t* fill_noise_tile(uint64_t seed, uint64_t g0, int64_t n, NoiseTile<acc_t>& t) {
   const uint64_t c_first = g0 >> 2;
   const int64_t count = static_cast<int64_t>(((g0 + n - 1) >> 2) - c_first) + 1;
-  const uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-#pragma GCC ivdep
-  for (int64_t k = 0; k < count; ++k) {
-    const uint64_t c = c_first + k;
-    uint32_t c0 = static_cast<uint32_t>(c), c1 = static_cast<uint32_t>(c >> 32), c2 = 0, c3 = 0;
-    philox4x32_10(c0, c1, c2, c3, k0, k1);
-    t.bits[0][k] = c0;
-    t.bits[1][k] = c1;
-    t.bits[2][k] = c2;
-    t.bits[3][k] = c3;
-  }
+  philox_words(seed, c_first, count, t.bits[0], NoiseTile<acc_t>::kCounters);
 #pragma GCC ivdep
   for (int64_t k = 0; k < count; ++k) {
     box_muller(uniform_from_bits(t.bits[0][k]), uniform_from_bits(t.bits[1][k]), t.normal[0][k], t.normal[1][k]);

@@ -25,8 +25,14 @@ def eager_step(x, grad):
     return x - STEP / 2 * grad + NOISE * torch.randn_like(x)
 
 
+def eager_step_(x, grad):
+    # the in-place update a sampling loop writes; the randn tensor is still separate
+    return x.add_(grad, alpha=-STEP / 2).add_(torch.randn_like(x), alpha=NOISE)
+
+
 # dynamic=False: one graph specialised per shape, as a fixed-shape user loop gets
 compiled_step = torch.compile(eager_step, dynamic=False)
+compiled_step_ = torch.compile(eager_step_, dynamic=False)
 
 
 def test_copy(measure, bench_config, numel):
@@ -46,6 +52,18 @@ def test_langevin_step(measure, bench_config, numel, contender, backend):
     }[contender]
     # the minimum traffic of a step: read x and grad, write out (noise is not a tensor)
     measure(fn, op="langevin_step", contender=contender, size=numel, dtype=DTYPE, backend=backend,
+            bytes=3 * x.element_size() * numel)
+
+
+def test_langevin_step_inplace(measure, bench_config, numel, contender, backend):
+    """In place: no output allocation, so no first-touch page faults of a fresh buffer."""
+    x, grad = (torch.randn(numel, dtype=DTYPE, device=bench_config.device) for _ in range(2))
+    fn = {
+        "dgm_fast": lambda: dgm_fast.langevin_step_(x, grad, STEP, NOISE),
+        "eager": lambda: eager_step_(x, grad),
+        "compiled": lambda: compiled_step_(x, grad),
+    }[contender]
+    measure(fn, op="langevin_step_", contender=contender, size=numel, dtype=DTYPE, backend=backend,
             bytes=3 * x.element_size() * numel)
 
 

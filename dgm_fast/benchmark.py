@@ -24,7 +24,7 @@ import torch
 
 import dgm_fast
 
-OP_ORDER = ("copy", "langevin_step", "sample_langevin")
+OP_ORDER = ("copy", "langevin_step", "langevin_step_", "sample_langevin")
 CONTENDER_ORDER = ("dgm_fast", "eager", "compiled", "torch")
 HEADER = ("op", "size", "contender", "backend", "median", "vs eager", "vs compiled", "GB/s", "of copy")
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from dgm_fast import backend as _backend
-from dgm_fast.langevin.op import langevin_step_inplace_op, langevin_step_op
+from dgm_fast.langevin.op import langevin_step_inplace_op, langevin_step_kernel, langevin_step_op
 from dgm_fast.langevin.reference import langevin_step_reference
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -81,9 +81,16 @@ def normalize_args(step_size, noise_scale, prior_weight, grad_clip, clamp, seed,
     return step_size, noise_scale, prior_weight, grad_clip, lo, hi, signed_seed, offset
 
 
+def _needs_autograd(x: Tensor, grad: Tensor) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or grad.requires_grad)
+
+
 def _out_of_place(x: Tensor, grad: Tensor, args: tuple, name: str) -> Tensor:
     if name != "reference":
-        return langevin_step_op(x, grad, *args, name)
+        if torch.compiler.is_compiling() or _needs_autograd(x, grad):
+            return langevin_step_op(x, grad, *args, name)
+        # plain eager call: the same kernel without the dispatcher's ~20 us
+        return langevin_step_kernel(x, grad, *args, name)
     step, noise, prior, clip, lo, hi, seed, offset = args
     clamp = None if (lo, hi) == (-_INF, _INF) else (lo, hi)
     clip = None if clip == _INF else clip
@@ -135,7 +142,7 @@ def langevin_step_(
     check_tensors(x, grad)
     args = normalize_args(step_size, noise_scale, prior_weight, grad_clip, clamp, seed, offset)
     name = _backend.resolve(x.device)
-    if name == "reference" or (torch.is_grad_enabled() and (x.requires_grad or grad.requires_grad)):
+    if name == "reference" or _needs_autograd(x, grad):
         # the mutating kernel has no autograd formula: record the write as a copy_
         return x.copy_(_out_of_place(x, grad, args, name))
     langevin_step_inplace_op(x, grad, *args, name)

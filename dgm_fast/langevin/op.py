@@ -37,8 +37,7 @@ def _launch(backend: str, x: Tensor, grad: Tensor, out: Tensor, args: tuple) -> 
         raise ValueError(f"langevin_step: no kernel for backend {backend!r}")
 
 
-@torch.library.custom_op("dgm_fast::langevin_step", mutates_args=())
-def langevin_step_op(
+def langevin_step_kernel(
     x: Tensor, grad: Tensor, step_size: float, noise_scale: float, prior_weight: float,
     grad_clip: float, clamp_lo: float, clamp_hi: float, seed: int, offset: int, backend: str,
 ) -> Tensor:
@@ -48,6 +47,9 @@ def langevin_step_op(
     args = (step_size, noise_scale, prior_weight, grad_clip, clamp_lo, clamp_hi, seed, offset)
     _launch(backend, x.contiguous(), grad.contiguous(), out, args)
     return out
+
+
+langevin_step_op = torch.library.custom_op("dgm_fast::langevin_step", langevin_step_kernel, mutates_args=())
 
 
 @langevin_step_op.register_fake

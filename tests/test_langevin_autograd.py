@@ -80,3 +80,17 @@ def test_inplace_under_autograd_is_recorded(native):
     gx, gg = torch.autograd.grad(y.sum(), (x, g))
     torch.testing.assert_close(gx, torch.ones_like(x))
     torch.testing.assert_close(gg, torch.full_like(g, -0.1))
+
+
+def test_torch_compile_fullgraph_inplace(native):
+    device, _ = native
+
+    def chain(x, g):
+        y = x.clone()
+        for k in range(3):
+            dgm_fast.langevin_step_(y, g, 0.1, seed=5, offset=k * y.numel(), clamp=(-2, 2))
+        return y
+
+    x, g = leaf_inputs((31, 7), dtype=torch.float32, device=device)
+    x, g = x.detach(), g.detach()
+    torch.testing.assert_close(torch.compile(chain, fullgraph=True)(x, g), chain(x, g))

@@ -9,7 +9,12 @@ import torch
 from torch import Tensor
 
 from dgm_fast import backend as _backend
-from dgm_fast.langevin.op import langevin_step_inplace_op, langevin_step_kernel, langevin_step_op
+from dgm_fast.langevin.op import (
+    langevin_step_inplace_kernel,
+    langevin_step_inplace_op,
+    langevin_step_kernel,
+    langevin_step_op,
+)
 from dgm_fast.langevin.reference import langevin_step_reference
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -145,5 +150,7 @@ def langevin_step_(
     if name == "reference" or _needs_autograd(x, grad):
         # the mutating kernel has no autograd formula: record the write as a copy_
         return x.copy_(_out_of_place(x, grad, args, name))
-    langevin_step_inplace_op(x, grad, *args, name)
+    # as in _out_of_place: the dispatcher only where torch.compile traces
+    inplace = langevin_step_inplace_op if torch.compiler.is_compiling() else langevin_step_inplace_kernel
+    inplace(x, grad, *args, name)
     return x

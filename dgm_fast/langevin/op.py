@@ -57,8 +57,7 @@ def _(x, grad, step_size, noise_scale, prior_weight, grad_clip, clamp_lo, clamp_
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op("dgm_fast::langevin_step_", mutates_args=("x",))
-def langevin_step_inplace_op(
+def langevin_step_inplace_kernel(
     x: Tensor, grad: Tensor, step_size: float, noise_scale: float, prior_weight: float,
     grad_clip: float, clamp_lo: float, clamp_hi: float, seed: int, offset: int, backend: str,
 ) -> None:
@@ -69,6 +68,11 @@ def langevin_step_inplace_op(
         out = x.contiguous()
         _launch(backend, out, grad.contiguous(), out, args)
         x.copy_(out)
+
+
+langevin_step_inplace_op = torch.library.custom_op(
+    "dgm_fast::langevin_step_", langevin_step_inplace_kernel, mutates_args=("x",)
+)
 
 
 @langevin_step_inplace_op.register_fake

@@ -63,13 +63,13 @@ def unavailable_reason(name: str, device: torch.device) -> str | None:
             return f"it runs on CUDA tensors, got {device.type}"
         return None if _extension.has_cuda_kernels() else "the extension was built without CUDA kernels"
     # triton: CUDA tensors natively, CPU tensors only under TRITON_INTERPRET=1
+    if not (device.type == "cuda" or (device.type == "cpu" and triton_interpreted())):
+        return f"it runs on CUDA tensors (CPU tensors only with TRITON_INTERPRET=1), got {device.type}"
     try:
         import triton  # noqa: F401
     except ImportError as exc:
         return f"triton is not importable ({exc})"
-    if device.type == "cuda" or (device.type == "cpu" and triton_interpreted()):
-        return None
-    return f"it runs on CUDA tensors (CPU tensors only with TRITON_INTERPRET=1), got {device.type}"
+    return None
 
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:

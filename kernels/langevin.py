@@ -15,6 +15,8 @@ loads vectorise; other phases still coalesce but load element by element.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -84,12 +86,14 @@ def langevin_step_triton(
         rows, warps = GPU_ROWS, GPU_WARPS
     k0, k1 = split_seed(seed)
     half_step = 0.5 * step_size
-    _langevin_kernel[(triton.cdiv(groups, rows),)](
-        x, grad, out, n, phase, offset // 4, k0, k1,
-        1.0 - half_step * prior_weight, half_step, noise_scale,
-        grad_clip, clamp_lo, clamp_hi,
-        ACC=tl.float64 if x.dtype == torch.float64 else tl.float32,
-        NOISE=noise_scale != 0, ROWS=rows, num_warps=warps,
-        # no FMA contraction: rounds like the reference, so the flow (2.20) matches it bit for bit
-        enable_fp_fusion=False,
-    )
+    # launch on the tensors' GPU, not the current one
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        _langevin_kernel[(triton.cdiv(groups, rows),)](
+            x, grad, out, n, phase, offset // 4, k0, k1,
+            1.0 - half_step * prior_weight, half_step, noise_scale,
+            grad_clip, clamp_lo, clamp_hi,
+            ACC=tl.float64 if x.dtype == torch.float64 else tl.float32,
+            NOISE=noise_scale != 0, ROWS=rows, num_warps=warps,
+            # no FMA contraction: rounds like the reference, so the flow (2.20) matches it bit for bit
+            enable_fp_fusion=False,
+        )

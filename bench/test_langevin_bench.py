@@ -43,27 +43,28 @@ def test_copy(measure, bench_config, numel):
             bytes=2 * x.element_size() * numel)
 
 
-def test_langevin_step(measure, bench_config, numel, contender, backend):
+STEP_CONTENDERS = {
+    # op name: contender -> step function of (x, grad)
+    "langevin_step": {
+        "dgm_fast": lambda x, g: dgm_fast.langevin_step(x, g, STEP, NOISE),
+        "eager": eager_step,
+        "compiled": compiled_step,
+    },
+    # in place: no output allocation, so no first-touch page faults of a fresh buffer
+    "langevin_step_": {
+        "dgm_fast": lambda x, g: dgm_fast.langevin_step_(x, g, STEP, NOISE),
+        "eager": eager_step_,
+        "compiled": compiled_step_,
+    },
+}
+
+
+@pytest.mark.parametrize("op", STEP_CONTENDERS)
+def test_langevin_step(measure, bench_config, numel, contender, backend, op):
     x, grad = (torch.randn(numel, dtype=DTYPE, device=bench_config.device) for _ in range(2))
-    fn = {
-        "dgm_fast": lambda: dgm_fast.langevin_step(x, grad, STEP, NOISE),
-        "eager": lambda: eager_step(x, grad),
-        "compiled": lambda: compiled_step(x, grad),
-    }[contender]
+    step = STEP_CONTENDERS[op][contender]
     # the minimum traffic of a step: read x and grad, write out (noise is not a tensor)
-    measure(fn, op="langevin_step", contender=contender, size=numel, dtype=DTYPE, backend=backend,
-            bytes=3 * x.element_size() * numel)
-
-
-def test_langevin_step_inplace(measure, bench_config, numel, contender, backend):
-    """In place: no output allocation, so no first-touch page faults of a fresh buffer."""
-    x, grad = (torch.randn(numel, dtype=DTYPE, device=bench_config.device) for _ in range(2))
-    fn = {
-        "dgm_fast": lambda: dgm_fast.langevin_step_(x, grad, STEP, NOISE),
-        "eager": lambda: eager_step_(x, grad),
-        "compiled": lambda: compiled_step_(x, grad),
-    }[contender]
-    measure(fn, op="langevin_step_", contender=contender, size=numel, dtype=DTYPE, backend=backend,
+    measure(lambda: step(x, grad), op=op, contender=contender, size=numel, dtype=DTYPE, backend=backend,
             bytes=3 * x.element_size() * numel)
 
 

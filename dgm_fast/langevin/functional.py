@@ -90,6 +90,13 @@ def _needs_autograd(x: Tensor, grad: Tensor) -> bool:
     return torch.is_grad_enabled() and (x.requires_grad or grad.requires_grad)
 
 
+def _prepare(x, grad, step_size, noise_scale, prior_weight, grad_clip, clamp, seed, offset) -> tuple[tuple, str]:
+    """Checked arguments in the op's form, and the backend to run."""
+    check_tensors(x, grad)
+    args = normalize_args(step_size, noise_scale, prior_weight, grad_clip, clamp, seed, offset)
+    return args, _backend.resolve(x.device)
+
+
 def _out_of_place(x: Tensor, grad: Tensor, args: tuple, name: str) -> Tensor:
     if name != "reference":
         if torch.compiler.is_compiling() or _needs_autograd(x, grad):
@@ -126,9 +133,8 @@ def langevin_step(
     (see dgm_fast.philox); ``seed=None`` draws one from torch's default
     generator. Differentiable in ``x`` and ``grad``, twice.
     """
-    check_tensors(x, grad)
-    args = normalize_args(step_size, noise_scale, prior_weight, grad_clip, clamp, seed, offset)
-    return _out_of_place(x, grad, args, _backend.resolve(x.device))
+    args, name = _prepare(x, grad, step_size, noise_scale, prior_weight, grad_clip, clamp, seed, offset)
+    return _out_of_place(x, grad, args, name)
 
 
 def langevin_step_(
@@ -144,9 +150,7 @@ def langevin_step_(
     offset: int = 0,
 ) -> Tensor:
     """In-place ``langevin_step``: writes the step into ``x`` and returns ``x``."""
-    check_tensors(x, grad)
-    args = normalize_args(step_size, noise_scale, prior_weight, grad_clip, clamp, seed, offset)
-    name = _backend.resolve(x.device)
+    args, name = _prepare(x, grad, step_size, noise_scale, prior_weight, grad_clip, clamp, seed, offset)
     if name == "reference" or _needs_autograd(x, grad):
         # the mutating kernel has no autograd formula: record the write as a copy_
         return x.copy_(_out_of_place(x, grad, args, name))

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import dgm_fast
+from dgm_fast._op import registered_ops
 from dgm_fast.backend import resolve
 from dgm_fast.benchmark import resolve_device
 
@@ -102,10 +103,13 @@ def measure(benchmark, bench_config):
             # rounds of >= 1 ms keep timer and loop overhead out of sub-ms medians
             iterations = max(1, math.ceil(1e-3 / once))
             rounds = max(cfg.min_rounds, round(cfg.budget_s / (once * iterations)))
+            # rows of a registered op record its backend; whole chains (sample_langevin) run the step op,
+            # which resolve picks when given no op
+            step_op = op if op in {o.name for o in registered_ops()} else None
             benchmark.group = f"{op} size={size}"
             benchmark.extra_info.update(
                 op=op, contender=contender, size=size, dtype=str(dtype).removeprefix("torch."),
-                device=str(cfg.device), backend=resolve(cfg.device) if backend else None,
+                device=str(cfg.device), backend=resolve(cfg.device, step_op) if backend else None,
                 quick=cfg.quick, threads=torch.get_num_threads(), **extra,
             )
             benchmark.pedantic(timed, rounds=rounds, iterations=iterations)

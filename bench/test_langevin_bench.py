@@ -68,6 +68,16 @@ def test_langevin_step(measure, bench_config, numel, contender, backend, op):
             bytes=3 * x.element_size() * numel)
 
 
+@pytest.mark.parametrize("small_numel", [1, 100], ids=lambda n: f"n={n}")
+def test_call_overhead(measure, bench_config, small_numel, contender, backend):
+    """Python-side cost of one call (checks, backend choice, dispatch, launch) on a tiny tensor,
+    against the eager two-line formula it replaces: there the kernel's work is negligible."""
+    x, grad = (torch.randn(small_numel, dtype=DTYPE, device=bench_config.device) for _ in range(2))
+    step = STEP_CONTENDERS["langevin_step"][contender]
+    measure(lambda: step(x, grad), op="langevin_step", contender=contender, size=small_numel, dtype=DTYPE,
+            backend=backend, bytes=3 * x.element_size() * small_numel)
+
+
 @pytest.fixture(scope="module")
 def energy(bench_config):
     torch.manual_seed(0)

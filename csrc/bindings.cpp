@@ -1,8 +1,16 @@
-// pybind11 module dgm_fast._C: the raw kernels. Argument checking and autograd
-// live in Python (dgm_fast/langevin/op.py); these expect validated tensors.
+// pybind11 module dgm_fast._C: the raw out-variant kernels, named <op>_<backend>
+// (the Python side finds them by that name), and the extension's build facts.
+// The CPU dispatcher kernels register themselves (TORCH_LIBRARY_IMPL in
+// csrc/cpu/<family>.cpp); argument checking and autograd live in Python.
 #include <torch/extension.h>
+#include <torch/library.h>
+
+#include <memory>
+#include <string>
+#include <vector>
 
 #include "cpu/langevin.h"
+#include "ops.h"
 #ifdef WITH_CUDA
 #include "cuda/langevin_cuda.h"
 #endif
@@ -11,14 +19,6 @@ namespace {
 
 using dgm_fast::LangevinParams;
 
-LangevinParams make_params(double step_size, double noise_scale, double prior_weight,
-                           double grad_clip, double clamp_lo, double clamp_hi, int64_t seed,
-                           int64_t offset) {
-  // seed arrives as the two's-complement int64 of a seed in [0, 2^64)
-  return {step_size, noise_scale,  prior_weight, grad_clip, clamp_lo,
-          clamp_hi,  static_cast<uint64_t>(seed), static_cast<uint64_t>(offset)};
-}
-
 template <auto Kernel>
 void bind_langevin(py::module_& m, const char* name) {
   m.def(
@@ -26,13 +26,39 @@ void bind_langevin(py::module_& m, const char* name) {
       [](const at::Tensor& x, const at::Tensor& grad, at::Tensor& out, double step_size,
          double noise_scale, double prior_weight, double grad_clip, double clamp_lo,
          double clamp_hi, int64_t seed, int64_t offset) {
+        // seed arrives as the two's-complement int64 of a seed in [0, 2^64)
         Kernel(x, grad, out,
-               make_params(step_size, noise_scale, prior_weight, grad_clip, clamp_lo, clamp_hi,
-                           seed, offset));
+               LangevinParams{step_size, noise_scale, prior_weight, grad_clip, clamp_lo, clamp_hi,
+                              static_cast<uint64_t>(seed), static_cast<uint64_t>(offset)});
       },
       py::arg("x"), py::arg("grad"), py::arg("out"), py::arg("step_size"), py::arg("noise_scale"),
       py::arg("prior_weight"), py::arg("grad_clip"), py::arg("clamp_lo"), py::arg("clamp_hi"),
       py::arg("seed"), py::arg("offset"), py::call_guard<py::gil_scoped_release>());
+}
+
+// Registers bump_written_versions (ops.h) as the ADInplaceOrView kernel of
+// mutating op `name` (an overload name like "langevin_step_.backend" too).
+void register_version_bump(const std::string& name) {
+  static std::vector<std::unique_ptr<torch::Library>> libraries;  // registrations live while these do
+  auto lib = std::make_unique<torch::Library>(torch::Library::IMPL, "dgm_fast",
+                                              c10::DispatchKey::ADInplaceOrView, __FILE__, __LINE__);
+  lib->impl(name.c_str(), torch::CppFunction::makeFromBoxedFunction<&dgm_fast::bump_written_versions>());
+  libraries.push_back(std::move(lib));
+}
+
+py::dict build_info() {
+  py::dict info;
+  info["loaded"] = true;
+#ifdef WITH_CUDA
+  info["cuda"] = true;
+#else
+  info["cuda"] = false;
+#endif
+  info["compiler"] = __VERSION__;
+  info["torch_built_against"] = std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR);
+  info["cpu_isa_clones"] = "x86-64-v4 (AVX-512), x86-64-v3 (AVX2+FMA), baseline; picked at load time";
+  info["fp_contract"] = "off: no FMA contraction, so overflow rounds like the reference";
+  return info;
 }
 
 }  // namespace
@@ -43,4 +69,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #ifdef WITH_CUDA
   bind_langevin<dgm_fast::langevin_step_cuda>(m, "langevin_step_cuda");
 #endif
+  m.def("build_info", &build_info, "what this extension was compiled with");
+  m.def("register_version_bump", &register_version_bump,
+        "register the C++ version-counter kernel (ADInplaceOrView) of a mutating op");
+  m.def(
+      "set_poison_outputs", [](bool on) { dgm_fast::g_poison_outputs = on; },
+      "fill new kernel outputs with NaN (tests)");
+  m.def(
+      "poison_outputs", [] { return dgm_fast::g_poison_outputs.load(); },
+      "whether new kernel outputs are filled with NaN");
 }

@@ -6,12 +6,13 @@ the plain-PyTorch specification each backend is tested against.
 """
 
 from dgm_fast.backend import BACKENDS, available_backends, use_backend
-from dgm_fast.langevin import LangevinSampler, langevin_step, langevin_step_, sample_langevin
+from dgm_fast.langevin import LangevinSampler, NoiseStream, langevin_step, langevin_step_, sample_langevin
 
 __version__ = "0.1.0"
 __all__ = [
     "BACKENDS",
     "LangevinSampler",
+    "NoiseStream",
     "available_backends",
     "langevin_step",
     "langevin_step_",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import warnings
 
+import torch
+
 try:
     from dgm_fast import _C
     LOAD_ERROR: str | None = None
@@ -19,5 +21,12 @@ except ImportError as exc:  # not built, or built against another torch
     )
 
 
-def has_cuda_kernels() -> bool:
-    return _C is not None and hasattr(_C, "langevin_step_cuda")
+def build_info() -> dict:
+    """What the extension was compiled with (empty fields when it did not load), and why no CUDA."""
+    info = dict(_C.build_info()) if _C is not None else {"loaded": False, "load_error": LOAD_ERROR}
+    if not info.get("cuda"):
+        info["cuda_reason"] = (
+            "torch has no CUDA" if torch.version.cuda is None
+            else "no CUDA toolkit matching torch's CUDA was found when it was built (see the build log)"
+        )
+    return info

@@ -2,13 +2,14 @@
 
 The suite itself is plain pytest-benchmark (``pytest bench/``); this module runs
 it in a subprocess, turns its JSON into speedups and bandwidths, prints them and
-saves everything under ``bench/results/``.
+saves everything, with versions, git commit and load averages, to a results
+folder (default: ``$XDG_DATA_HOME/dgm_fast/bench``, i.e. ``~/.local/share/dgm_fast/bench``).
 """
 
 from __future__ import annotations
 
 import datetime
-import importlib.metadata
+import importlib.util
 import json
 import math
 import os
@@ -23,20 +24,41 @@ from pathlib import Path
 import torch
 
 import dgm_fast
+from dgm_fast._op import registered_ops
+from dgm_fast.collect_env import cpu_model, git_state, version, versions
 
-OP_ORDER = ("copy", "langevin_step", "langevin_step_", "sample_langevin")
+# Rows that are not registered ops: the copy yardstick leads the table; whole
+# chains (sample_langevin) and anything else follow the registry's ops.
+LEADING_ROWS = ("copy",)
 CONTENDER_ORDER = ("dgm_fast", "eager", "compiled", "torch")
 HEADER = ("op", "size", "contender", "backend", "median", "vs eager", "vs compiled", "GB/s", "of copy")
+REQUIRES = {"pytest": "pytest", "pytest_benchmark": "pytest-benchmark"}  # module: distribution
+
+
+def default_results_dir() -> Path:
+    """``$XDG_DATA_HOME/dgm_fast/bench`` (``~/.local/share/dgm_fast/bench``): outside the source checkout."""
+    data_home = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data_home) / "dgm_fast" / "bench"
 
 
 def bench_dir() -> Path:
     path = Path(dgm_fast.__file__).resolve().parent.parent / "bench"
     if not (path / "conftest.py").is_file():
         raise FileNotFoundError(
-            f"benchmark suite not found at {path}: run_bench needs a source checkout of dgm_fast "
+            f"benchmark suite not found at {path}: benchmarks need a source checkout of dgm_fast "
             "(an installed wheel does not ship bench/)"
         )
     return path
+
+
+def missing_requirements() -> str | None:
+    """What the suite needs and is not installed, with the command that installs it; None if nothing."""
+    missing = [dist for module, dist in REQUIRES.items() if importlib.util.find_spec(module) is None]
+    if not missing:
+        return None
+    checkout = bench_dir().parent
+    return (f"dgm-fast bench needs {' and '.join(missing)}; install the bench extra: "
+            f'pip install --no-build-isolation -e "{checkout}[bench]"')
 
 
 def resolve_device(device: str) -> str:
@@ -46,7 +68,7 @@ def resolve_device(device: str) -> str:
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' but torch.cuda.is_available() is False")
+        raise RuntimeError("CUDA is not available here (torch.cuda.is_available() is False)")
     return device
 
 
@@ -63,8 +85,12 @@ def _run_pytest(suite: Path, device: str, quick: bool, pytest_args: Sequence[str
         return code, json.loads(report.read_text()) if report.is_file() else None
 
 
-def _order(value: str, order: tuple[str, ...]) -> int:
+def _order(value: str, order: Sequence[str]) -> int:
     return order.index(value) if value in order else len(order)
+
+
+def op_order() -> tuple[str, ...]:
+    return LEADING_ROWS + tuple(op.name for op in registered_ops())
 
 
 def table_rows(benchmarks: list[dict]) -> list[dict]:
@@ -84,8 +110,9 @@ def table_rows(benchmarks: list[dict]) -> list[dict]:
             r[f"speedup_vs_{other}"] = t / r["median_s"] if r["contender"] == "dgm_fast" and t else None
         copy = copy_gbps.get(case(r))
         r["copy_fraction"] = r["gb_per_s"] / copy if r["gb_per_s"] is not None and copy else None
+    ops = op_order()
     return sorted(rows, key=lambda r: (
-        _order(r["op"], OP_ORDER), r["op"], r["size"], _order(r["contender"], CONTENDER_ORDER), r["backend"] or "",
+        _order(r["op"], ops), r["op"], r["size"], _order(r["contender"], CONTENDER_ORDER), r["backend"] or "",
     ))
 
 
@@ -121,34 +148,32 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join([line(HEADER), "  ".join("-" * w for w in widths), *map(line, cells)])
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+def load_average() -> tuple[float, float, float] | None:
+    return os.getloadavg() if hasattr(os, "getloadavg") else None
 
 
 def machine_info(device: str) -> dict:
     return {
         "hostname": platform.node(),
         "platform": platform.platform(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
-        # other processes on the machine distort CPU timings; this says how busy it was
-        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
+
+
+def busy_warning(before: Sequence[float] | None, after: Sequence[float] | None, cores: int) -> str | None:
+    """A warning if the 1-minute load average exceeded the core count before or after the run.
+
+    Other processes distort CPU timings badly (OpenMP threads wait for each
+    other), so the ratios of such a run are unreliable. The suite itself keeps
+    about ``torch_threads`` cores busy, which "after" includes.
+    """
+    if before is None or after is None or max(before[0], after[0]) <= cores:
+        return None  # idle, or no load average on this platform
+    return (f"the machine was busy: 1-minute load average {before[0]:.1f} before and {after[0]:.1f} after the run, "
+            f"on {cores} cores; timings and ratios are unreliable, rerun on an idle machine")
 
 
 def _slug(text: str) -> str:
@@ -166,14 +191,25 @@ def run_bench(
 
     ``device`` is "auto" (CUDA if available), "cpu" or "cuda"; ``quick`` is the
     smoke-test mode; ``pytest_args`` go to pytest as they are (e.g.
-    ``["--bench-backend=triton,cuda", "-k", "langevin_step"]``). Raises
-    RuntimeError if pytest failed, after saving whatever it measured.
+    ``["--bench-backend=triton,cuda", "-k", "langevin_step"]``). The JSON goes
+    to ``results_dir`` (default ``default_results_dir()``). Everything that can
+    fail without measuring is checked first. Raises RuntimeError if pytest
+    failed, after saving whatever it measured.
     """
     suite = bench_dir()
+    missing = missing_requirements()
+    if missing:
+        raise ModuleNotFoundError(missing)
     device = resolve_device(device)
+    out_dir = Path(results_dir) if results_dir is not None else default_results_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
     machine = machine_info(device)
     started = datetime.datetime.now().astimezone()
+    git = git_state()  # of the code that runs, before anyone edits it
+    load_before = load_average()
     code, report = _run_pytest(suite, device, quick, pytest_args)
+    load_after = load_average()
+    busy = busy_warning(load_before, load_after, machine["cpu_count"])
     if report is None:
         raise RuntimeError(f"pytest exited with code {code} and wrote no benchmark report")
 
@@ -189,23 +225,21 @@ def run_bench(
         "quick": quick,
         "pytest_args": list(pytest_args),
         "machine": machine,
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "triton": _version("triton"),
-            "dgm_fast": dgm_fast.__version__,
-            "pytest_benchmark": _version("pytest-benchmark"),
-        },
+        # 1-, 5- and 15-minute load averages: above cpu_count, other work competed with the timings
+        "load_average": {"before": load_before, "after": load_after},
+        "busy_warning": busy,
+        "git": git,
+        "versions": {**versions(), "pytest_benchmark": version("pytest-benchmark")},
         "dgm_fast_backends": backends,
         "rows": rows,
         "pytest_benchmark": report,
     }
     name = machine["gpu"] if device == "cuda" else machine["cpu_model"]
-    out_dir = Path(results_dir) if results_dir is not None else suite / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{started:%Y%m%d-%H%M%S}_{device}-{_slug(name)}{'_quick' if quick else ''}.json"
     path.write_text(json.dumps(result, indent=1))
     print(f"\nresults: {path}")
+    if busy:
+        print(f"warning: {busy}", file=sys.stderr)
     if code != 0:
         raise RuntimeError(f"pytest exited with code {code}; the benchmarks that ran are saved in {path}")
     return path

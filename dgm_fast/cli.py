@@ -1,39 +1,136 @@
-"""The ``dgm-fast`` command: ``demo`` (the end-to-end models) and ``bench``."""
+"""The dgm-fast command: demo, bench and info.
+
+Every check that needs no work (output folders, device, installed tools)
+runs before the work starts and fails as a one-line usage error (exit 2).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+import tempfile
 from pathlib import Path
+
+import dgm_fast
+
+DESCRIPTION = (
+    "Fused CPU/CUDA/Triton kernels for deep generative models. "
+    "Run the end-to-end demo, benchmark the kernels, or show what this installation can run."
+)
+
+
+def _output_dir(parser: argparse.ArgumentParser, option: str, path: Path) -> Path:
+    """``path``, created if missing and proven writable with a temporary file, or a usage error."""
+    if path.exists() and not path.is_dir():
+        parser.error(f"{option} {path}: not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        parser.error(f"{option} {path}: cannot write there ({exc.strerror or exc})")
+    return path.resolve()
 
 
 def _demo(args: argparse.Namespace) -> None:
     from dgm_fast.demo import run_demo
 
-    run_demo(args.out, quick=args.quick, seed=args.seed)
+    out = _output_dir(args.cmd_parser, "--out", args.out)
+    run_demo(out, mode=args.mode, seed=args.seed)
 
 
 def _bench(args: argparse.Namespace) -> None:
-    from dgm_fast.benchmark import run_bench
+    from dgm_fast import benchmark
 
-    run_bench(args.results, quick=args.quick, device=args.device, pytest_args=args.pytest_args)
+    parser = args.cmd_parser
+    try:
+        benchmark.bench_dir()
+    except FileNotFoundError as exc:
+        parser.error(str(exc))
+    try:
+        device = benchmark.resolve_device(args.device)
+    except RuntimeError as exc:
+        parser.error(f"--device {args.device}: {exc}")
+    missing = benchmark.missing_requirements()
+    if missing:
+        parser.error(missing)
+    results = _output_dir(parser, "--results", args.results)
+    try:
+        benchmark.run_bench(results, quick=args.quick, device=device, pytest_args=args.pytest_args)
+    except RuntimeError as exc:  # pytest failed; what it measured is saved already
+        sys.exit(f"dgm-fast bench: {exc}")
+
+
+def _info(args: argparse.Namespace) -> None:
+    from dgm_fast.collect_env import collect, format_info
+
+    try:
+        info = collect()
+    except ValueError as exc:  # e.g. an unknown DGM_FAST_BACKEND
+        args.cmd_parser.error(str(exc))
+    print(json.dumps(info, indent=1) if args.json else "\n".join(format_info(info)))
+
+
+def _add_demo(sub) -> None:
+    from dgm_fast.demo.run import MODES
+
+    demo = sub.add_parser(
+        "demo", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help=f"train toy EBMs with noisy and noise-free Langevin dynamics (dissertation §2.4.6), "
+             f"{MODES['default'].duration} on 2 CPU cores",
+        description="Train energy-based models on the 9-Gaussian grid and the Swiss roll with short-run noisy "
+                    "(2.15) and noise-free (2.20) dynamics, score them by MMD and plot samples and -E "
+                    f"(ebm_toy.png, metrics.json). Takes {MODES['default'].duration} on 2 CPU cores; "
+                    "--quick and --full change the training budget.",
+    )
+    demo.add_argument("--out", type=Path, default=Path("demo_out"), help="folder for the figure and metrics")
+    # SUPPRESS keeps "(default: ...)" off these two; the parser's default mode fills the gap
+    demo.set_defaults(mode="default")
+    length = demo.add_mutually_exclusive_group()
+    length.add_argument("--quick", dest="mode", action="store_const", const="quick", default=argparse.SUPPRESS,
+                        help=f"a smoke test that still shows the modes ({MODES['quick'].duration})")
+    length.add_argument("--full", dest="mode", action="store_const", const="full", default=argparse.SUPPRESS,
+                        help=f"the dissertation's setting, appendix 2.4.7 ({MODES['full'].duration})")
+    demo.add_argument("--seed", type=int, default=0, help="seed of torch's generator (data, starts, noise)")
+    demo.set_defaults(run=_demo, cmd_parser=demo)
+
+
+def _add_bench(sub) -> None:
+    from dgm_fast.benchmark import default_results_dir
+
+    bench = sub.add_parser(
+        "bench", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="benchmark dgm_fast against eager and compiled PyTorch (needs a source checkout)",
+        description="Run bench/ under pytest-benchmark, print speedups and bandwidths, save them as JSON. "
+                    "Extra arguments after -- go to pytest.",
+    )
+    bench.add_argument("--results", type=Path, default=default_results_dir(),
+                       help="folder for the JSON; the default is $XDG_DATA_HOME/dgm_fast/bench")
+    bench.add_argument("--quick", action="store_true", help="small sizes and short timing: a smoke run")
+    bench.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                       help="device of the benchmarked tensors; auto is cuda when available")
+    bench.add_argument("pytest_args", nargs="*", default=[], help="passed to pytest as they are (after --)")
+    bench.set_defaults(run=_bench, cmd_parser=bench)
+
+
+def _add_info(sub) -> None:
+    info = sub.add_parser(
+        "info", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="versions, CPU, extension build and, per device, which backend can run each op",
+        description="Show what this installation can run, and why a backend is missing (for bug reports).",
+    )
+    info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    info.set_defaults(run=_info, cmd_parser=info)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dgm-fast", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    demo = sub.add_parser("demo", help="train toy EBMs with noisy and noise-free Langevin dynamics (§2.4.6)")
-    demo.add_argument("--out", type=Path, default=Path("demo_out"), help="folder for the figure and metrics")
-    demo.add_argument("--quick", action="store_true", help="a short run (seconds) to smoke-test")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(run=_demo)
-
-    bench = sub.add_parser("bench", help="benchmark dgm_fast against eager and compiled PyTorch")
-    bench.add_argument("--results", type=Path, default=None, help="folder for the JSON (default bench/results)")
-    bench.add_argument("--quick", action="store_true", help="small sizes and few rounds")
-    bench.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    bench.add_argument("pytest_args", nargs="*", help="passed to pytest (after --)")
-    bench.set_defaults(run=_bench)
+    parser = argparse.ArgumentParser(prog="dgm-fast", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"dgm-fast {dgm_fast.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,bench,info}")
+    _add_demo(sub)
+    _add_bench(sub)
+    _add_info(sub)
     return parser
 
 

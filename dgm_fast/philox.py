@@ -20,6 +20,9 @@ dissertation eq. (2.15)).
 
 This module computes the stream with int64 tensor arithmetic, carefully kept
 free of signed overflow, so it runs on any device torch supports.
+``normal_noise`` is registered as the op ``dgm_fast::philox_normal`` so that
+torch.compile treats it as one opaque node: inlined, Philox's hundreds of
+integer ops overwhelm inductor (minutes and gigabytes of compile time).
 """
 
 from __future__ import annotations
@@ -38,6 +41,12 @@ def split_seed(seed: int) -> tuple[int, int]:
     """The Philox key ``(lo, hi)`` of a seed taken modulo 2**64."""
     seed %= 1 << 64
     return seed & MASK32, seed >> 32
+
+
+def signed_seed(seed: int) -> int:
+    """A seed modulo 2**64 as the int64 that ops and kernels carry (two's complement)."""
+    seed %= 1 << 64
+    return seed - (1 << 64) if seed >= 1 << 63 else seed
 
 
 def _mulhilo(a: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,11 +89,21 @@ def normal_noise(
     *,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    seed_tensor: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Elements ``offset .. offset + numel - 1`` of the stream, as a flat tensor.
 
     ``dtype`` is the arithmetic precision of Box-Muller (float32 or float64).
+    ``seed_tensor`` (a 0-d int64 tensor), if given, is the seed instead of ``seed``.
     """
+    return _philox_normal(numel, signed_seed(seed), offset, seed_tensor, dtype, torch.device(device))
+
+
+@torch.library.custom_op("dgm_fast::philox_normal", mutates_args=())
+def _philox_normal(numel: int, seed: int, offset: int, seed_tensor: torch.Tensor | None,
+                   dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    if seed_tensor is not None:
+        seed = int(seed_tensor)
     g = torch.arange(numel, dtype=torch.int64, device=device) + offset
     c = g >> 2
     zero = torch.zeros_like(c)
@@ -99,3 +118,8 @@ def normal_noise(
          rho23 * torch.cos(t23), rho23 * torch.sin(t23)]
     )
     return z.gather(0, (g & 3).unsqueeze(0)).squeeze(0)
+
+
+@_philox_normal.register_fake
+def _(numel, seed, offset, seed_tensor, dtype, device):
+    return torch.empty(numel, dtype=dtype, device=device)

@@ -42,8 +42,18 @@ def uniform_from_bits(r, dtype: tl.constexpr):
 
 @triton.jit
 def box_muller(u_even, u_odd):
-    """Two standard normals from two uniforms in (0, 1)."""
-    rho = tl.sqrt(-2.0 * tl.log(u_even))
+    """Two standard normals from two uniforms in (0, 1), by the expression of dgm_fast/philox.py.
+
+    ``t`` is 2pi rounded to the compute precision times ``u_odd``, rounded once:
+    kernels compile with ``enable_fp_fusion=False`` so that it is never contracted.
+    """
+    r2 = -2.0 * tl.log(u_even)
+    # sqrt correctly rounded, as torch.sqrt: on GPUs tl.sqrt is sqrt.approx in
+    # float32 (and sqrt.rn in float64, where tl.sqrt_rn does not exist)
+    if u_even.dtype == tl.float64:
+        rho = tl.sqrt(r2)
+    else:
+        rho = tl.sqrt_rn(r2)
     t = TWO_PI * u_odd
     return rho * tl.cos(t), rho * tl.sin(t)
 

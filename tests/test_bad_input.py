@@ -37,6 +37,11 @@ G = torch.randn(8)
         ((X, G, 0.1), dict(clamp=(0.0, math.nan)), ValueError, "clamp"),
         ((X, G, 0.1), dict(prior_weight=math.inf), ValueError, "prior_weight"),
         ((X, G, 0.1), dict(seed=1.5), TypeError, "seed"),
+        ((X, G, 0.1), dict(seed=2**64), ValueError, "seed"),
+        ((X, G, 0.1), dict(seed=-1), ValueError, "seed"),
+        ((X.to_sparse(), G, 0.1), {}, TypeError, "x must be a dense"),
+        ((X, G.to_sparse(), 0.1), {}, TypeError, "grad must be a dense"),
+        ((torch.nested.nested_tensor([X, X[:3]]), G, 0.1), {}, TypeError, "x must be a dense tensor, got a nested"),
         ((X, G, 0.1), dict(offset=-1), ValueError, "offset"),
     ],
 )
@@ -51,6 +56,34 @@ def test_langevin_step_rejects(fn, args, kw, exc, name):
 def test_device_mismatch():
     with pytest.raises(ValueError, match="grad"):
         dgm_fast.langevin_step(X, G.cuda(), 0.1)
+
+
+def test_inplace_rejects_partial_overlap():
+    buf = torch.arange(21.0)
+    with pytest.raises(ValueError, match="x and grad partially overlap"):
+        dgm_fast.langevin_step_(buf[1:], buf[:-1], 1.0, 0.0)
+    assert torch.equal(buf, torch.arange(21.0))
+    with pytest.raises(ValueError, match="x has elements that share memory"):
+        dgm_fast.langevin_step_(torch.zeros(1).expand(4), torch.zeros(4), 1.0, 0.0)
+    # disjoint halves of one buffer are fine
+    dgm_fast.langevin_step_(buf[:10], buf[10:20], 1.0, 0.0)
+
+
+def test_sample_langevin_in_inference_mode_says_why():
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+        dgm_fast.sample_langevin(lambda x: (x**2).sum(-1), torch.randn(4, 2), 2, 0.1)
+
+
+@pytest.mark.parametrize("kw, exc, name", [
+    (dict(n_steps=-5, step_size=0.1), ValueError, "n_steps"),
+    (dict(n_steps=5, step_size=-1.0), ValueError, "step_size"),
+    (dict(n_steps=5, step_size=0.1, noise_scale=-1.0), ValueError, "noise_scale"),
+    (dict(n_steps=5, step_size=0.1, clamp=(2, 1)), ValueError, "clamp"),
+    (dict(n_steps=2.5, step_size=0.1), TypeError, "n_steps"),
+])
+def test_sampler_validates_at_construction(kw, exc, name):
+    with pytest.raises(exc, match=name):
+        dgm_fast.LangevinSampler(torch.nn.Linear(2, 1), **kw)
 
 
 def test_sample_langevin_rejects():

@@ -1,4 +1,4 @@
-"""The end-to-end demo (dgm_fast.demo): toy data, MMD, and a quick training run."""
+"""The end-to-end demo (dgm_fast.demo): toy data, MMD, mode counts, and a quick training run."""
 
 import json
 import math
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dgm_fast.demo import run_demo
-from dgm_fast.demo.metrics import mmd2
+from dgm_fast.demo.metrics import grid_modes, mmd2
 from dgm_fast.demo.toy_data import GRID_STD, gaussian_grid, grid_centres, swiss_roll
 
 
@@ -61,15 +61,42 @@ def test_mmd_is_symmetric_and_exact_on_tiny_input():
     assert mmd2(x, y, bandwidths=(1.0,)) == pytest.approx(expected)
 
 
-def test_quick_demo_writes_outputs_and_beats_the_prior(tmp_path):
-    result = run_demo(tmp_path, quick=True, seed=0)
-    png, metrics = tmp_path / "ebm_toy.png", tmp_path / "metrics.json"
+def test_grid_modes_tell_the_grid_from_a_disc():
+    data, disc = grid_modes(gaussian_grid(9000, _gen())), grid_modes(torch.randn(9000, 2, generator=_gen()))
+    assert data["modes"] == 9 and data["high_quality"] > 0.98
+    assert disc["modes"] <= 1 and disc["high_quality"] < 0.15
+    one_mode = grid_modes(grid_centres()[4] + 0.05 * torch.randn(900, 2, generator=_gen()))
+    assert one_mode == {"high_quality": 1.0, "modes": 1}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    return out, run_demo(out, mode="quick", seed=0)
+
+
+def test_quick_demo_writes_its_files(quick_run):
+    out, result = quick_run
+    png, metrics = out / "ebm_toy.png", out / "metrics.json"
     assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads(metrics.read_text())["mmd2"] == result["mmd2"]
+    assert json.loads(metrics.read_text())["scores"] == result["scores"]
     assert result["figure"] == str(png) and result["metrics_json"] == str(metrics)
-    assert set(result["mmd2"]) == {"9-gaussians", "swiss-roll"}
-    for name, scores in result["mmd2"].items():
-        assert all(math.isfinite(v) for v in scores.values()), name
+
+
+def test_quick_demo_beats_the_prior(quick_run):
+    scores = quick_run[1]["scores"]
+    assert set(scores) == {"9-gaussians", "swiss-roll"}
+    for name, by_dynamics in scores.items():
+        prior = by_dynamics["prior N(0,I)"]["mmd2"]
         for dynamics in ("noisy", "noise-free"):
+            mmd = by_dynamics[dynamics]["mmd2"]
             # training must move the samples well away from the N(0, I) starting points
-            assert scores[dynamics] < 0.6 * scores["prior N(0,I)"], (name, dynamics, scores)
+            assert math.isfinite(mmd) and mmd < 0.3 * prior, (name, dynamics, by_dynamics)
+
+
+def test_quick_demo_finds_the_grid_modes(quick_run):
+    grid = quick_run[1]["scores"]["9-gaussians"]
+    assert grid["prior N(0,I)"]["high_quality"] < 0.15
+    for dynamics in ("noisy", "noise-free"):
+        # a structureless disc has ~8% of its samples near a mode and captures at most the centre one
+        assert grid[dynamics]["high_quality"] > 0.5 and grid[dynamics]["modes"] >= 8, (dynamics, grid)

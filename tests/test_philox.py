@@ -3,18 +3,10 @@
 import torch
 
 from dgm_fast.philox import normal_noise, philox4x32, uniform_from_bits
-
-# Random123's known-answer vectors for philox4x32_10: (counter, key, result)
-KAT = [
-    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
-    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF, 0xFFFFFFFF), (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
-    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
-     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
-]
-
+from helpers import PHILOX_KAT
 
 def test_known_answers():
-    for ctr, key, expect in KAT:
+    for ctr, key, expect in PHILOX_KAT:
         words = philox4x32(tuple(torch.tensor([c]) for c in ctr), key)
         assert tuple(int(w) for w in words) == expect
 

@@ -1,8 +1,13 @@
-"""The Triton Philox helpers (kernels/philox.py) reproduce the reference stream, dgm_fast/philox.py."""
+"""The Triton Philox helpers (kernels/philox.py) reproduce the reference stream, dgm_fast/philox.py,
+and compile for a GPU to correctly rounded noise and (in the Langevin kernel) vector loads."""
 
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +17,7 @@ import triton.language as tl  # noqa: E402
 
 from dgm_fast.kernels.philox import philox4x32_10, philox_normal4  # noqa: E402
 from dgm_fast.philox import normal_noise, philox4x32, split_seed  # noqa: E402
+from helpers import PHILOX_KAT  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -61,16 +67,7 @@ def reference_words(counters: torch.Tensor, key: tuple[int, int]) -> torch.Tenso
     return torch.stack(philox4x32(tuple(counters.unbind(1)), key), dim=1)
 
 
-# Random123 known-answer vectors: (counter, key, output) for Philox4x32-10
-KNOWN_ANSWERS = [
-    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
-    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
-    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
-     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
-]
-
-
-@pytest.mark.parametrize("counter, key, expected", KNOWN_ANSWERS)
+@pytest.mark.parametrize("counter, key, expected", PHILOX_KAT)
 def test_known_answers(counter, key, expected):
     words = triton_words(torch.tensor([counter], dtype=torch.int64), key)
     assert words[0].tolist() == list(expected)
@@ -91,6 +88,64 @@ def test_normals_match_reference(dtype, tol, seed, c_first):
     n = BLOCK + 5  # counters, spanning two programs
     out = torch.empty(4 * n, dtype=dtype, device=DEVICE)
     k0, k1 = split_seed(seed)
-    _normal4_kernel[(triton.cdiv(n, BLOCK),)](out, n, c_first, k0, k1, BLOCK=BLOCK)
+    _normal4_kernel[(triton.cdiv(n, BLOCK),)](out, n, c_first, k0, k1, BLOCK=BLOCK, enable_fp_fusion=False)
     expected = normal_noise(4 * n, seed, 4 * c_first, dtype=dtype)
     torch.testing.assert_close(out.cpu(), expected, rtol=tol, atol=tol)
+
+
+# Compiles, for sm_90 and without a GPU, the Langevin kernel exactly as
+# langevin_step_triton launches it for a GPU tensor of argv[1] elements (a meta
+# tensor stands in for it), and prints the PTX. Run without TRITON_INTERPRET,
+# under which @triton.jit makes no compilable kernel.
+COMPILE_PTX = """
+import sys
+import torch, triton
+
+def skip(exc):
+    print("SKIP", exc)
+    sys.exit()
+
+try:
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature
+except ImportError as exc:
+    skip(exc)
+from dgm_fast.kernels import langevin
+
+kernel, launch = langevin._langevin_kernel, {}
+class Capture:
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: launch.update(args=args, kwargs=kwargs)
+langevin._langevin_kernel = Capture()
+x = torch.empty(int(sys.argv[1]), device="meta")
+inf = float("inf")
+langevin.langevin_step_triton(x, x, x, 0.01, 1.0, 0.0, inf, -inf, inf, 5, 0)
+# small CPU tensors for the pointers: only their dtype and 16-byte alignment count
+args = [torch.empty(16, dtype=a.dtype) if isinstance(a, torch.Tensor) else a for a in launch["args"]]
+target = GPUTarget("cuda", 90, 32)
+backend = make_backend(target)
+try:
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound, spec, options = binder(*args, **launch["kwargs"])
+    options, signature, constexprs, attrs = kernel._pack_args(backend, launch["kwargs"], bound, spec, options)
+except (AttributeError, TypeError) as exc:  # another Triton's internals
+    skip(exc)
+src = ASTSource(kernel, signature, constexprs, attrs)
+print(triton.compile(src, target=target, options=options.__dict__).asm["ptx"])
+"""
+
+
+def test_compiled_langevin_kernel_vectorises_and_rounds_correctly(tmp_path):
+    n = 10**7 + 1  # no multiple of 16: only the last program may mask
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", COMPILE_PTX, str(n)], capture_output=True, text=True,
+                            env={**env, "TRITON_CACHE_DIR": str(tmp_path)},
+                            cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 0, result.stderr[-5000:]
+    if result.stdout.startswith("SKIP"):
+        pytest.skip(f"cannot compile Triton kernels for sm_90 here: {result.stdout}")
+    ptx = result.stdout
+    assert "ld.global.v4.b32" in ptx and "st.global.v4.b32" in ptx
+    assert "sqrt.rn.f32" in ptx and "sqrt.approx" not in ptx
+    assert re.search(r"mul\.rn\.f32[^;]*0f40C90FDB;", ptx)  # t = fl32(2 pi) * u, rounded on its own

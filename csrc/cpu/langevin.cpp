@@ -8,10 +8,13 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 
 #include <algorithm>
+#include <optional>
 
 #include "cpu/normal_noise.h"
+#include "ops.h"
 
 #define DGM_INLINE inline __attribute__((always_inline))
 
@@ -100,6 +103,49 @@ void langevin_step_cpu(const at::Tensor& x, const at::Tensor& grad, at::Tensor& 
       step_range_clones(xp, gp, op, begin, end, k, p.seed, p.offset);
     });
   });
+}
+
+namespace {
+
+// The dispatcher kernels of dgm_fast::langevin_step and langevin_step_ on CPU
+// (schemas: dgm_fast/langevin/op.py). The kernel indexes the noise stream
+// row-major, so it runs on contiguous buffers; other layouts are copied.
+LangevinParams params(double step_size, double noise_scale, double prior_weight, double grad_clip,
+                      double clamp_lo, double clamp_hi, int64_t seed, int64_t offset,
+                      const std::optional<at::Tensor>& seed_tensor) {
+  return {step_size, noise_scale, prior_weight, grad_clip, clamp_lo, clamp_hi,
+          noise_seed(seed, seed_tensor), static_cast<uint64_t>(offset)};
+}
+
+at::Tensor langevin_step_op(const at::Tensor& x, const at::Tensor& grad, double step_size,
+                            double noise_scale, double prior_weight, double grad_clip,
+                            double clamp_lo, double clamp_hi, int64_t seed, int64_t offset,
+                            const std::optional<at::Tensor>& seed_tensor) {
+  const LangevinParams p = params(step_size, noise_scale, prior_weight, grad_clip, clamp_lo,
+                                  clamp_hi, seed, offset, seed_tensor);
+  at::Tensor out = empty_output(x);  // keeps x's memory format, as the reference does
+  at::Tensor buf = out.is_contiguous() ? out : empty_output(x, at::MemoryFormat::Contiguous);
+  langevin_step_cpu(x.contiguous(), grad.contiguous(), buf, p);
+  if (!buf.is_same(out)) out.copy_(buf);
+  return out;
+}
+
+void langevin_step_inplace_op(const at::Tensor& x, const at::Tensor& grad, double step_size,
+                              double noise_scale, double prior_weight, double grad_clip,
+                              double clamp_lo, double clamp_hi, int64_t seed, int64_t offset,
+                              const std::optional<at::Tensor>& seed_tensor) {
+  const LangevinParams p = params(step_size, noise_scale, prior_weight, grad_clip, clamp_lo,
+                                  clamp_hi, seed, offset, seed_tensor);
+  at::Tensor buf = x.contiguous();  // x itself when contiguous
+  langevin_step_cpu(buf, grad.contiguous(), buf, p);
+  if (!buf.is_same(x)) x.copy_(buf);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dgm_fast, CPU, m) {
+  m.impl("langevin_step", &langevin_step_op);
+  m.impl("langevin_step_", &langevin_step_inplace_op);
 }
 
 }  // namespace dgm_fast

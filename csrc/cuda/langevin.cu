@@ -42,9 +42,22 @@ __device__ __forceinline__ void narrow(float v, __half& d) { d = __float2half_rn
 __device__ __forceinline__ void narrow(float v, __nv_bfloat16& d) { d = __float2bfloat16_rn(v); }
 
 // Explicitly rounded arithmetic: no FMA contraction, so the deterministic part
-// rounds each product and sum exactly as the reference does.
-__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
-__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+// rounds each product and sum exactly as the reference does. The products also
+// build on the host, where tests run the noise (box_muller) against the reference.
+DGM_HD float mul_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+DGM_HD double mul_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
 __device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
 __device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
 __device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
@@ -57,20 +70,26 @@ __device__ __forceinline__ acc clamp_nan(acc v, acc lo, acc hi) {
   return v > hi ? hi : v;
 }
 
-// Box-Muller on one (radius, angle) pair of uniforms with accurate libdevice
-// math; sincospi(2u) avoids rounding 2*pi*u.
+// Box-Muller on one (radius, angle) pair of uniforms, the expression of
+// dgm_fast/philox.py: rho = sqrt(-2 log u_rad), t = 2pi * u_ang with 2pi rounded
+// to the compute precision and the product rounded once (__fmul_rn/__dmul_rn: no
+// contraction), then the accurate (not fast-math) sincos, log and sqrt.
+constexpr double kTwoPi = 6.283185307179586;  // fl64(2pi), the reference's 2.0 * math.pi
+
 DGM_HD void box_muller(float u_rad, float u_ang, float& z_cos, float& z_sin) {
   const float rho = sqrtf(-2.0f * logf(u_rad));
   float s, c;
-  sincospif(2.0f * u_ang, &s, &c);
+  sincosf(mul_rn(static_cast<float>(kTwoPi), u_ang), &s, &c);
   z_cos = rho * c;
   z_sin = rho * s;
 }
 
+// Float64 compute (double tensors): every step in double, as the reference's
+// float64 path; u_rad and u_ang are exact in float.
 DGM_HD void box_muller(float u_rad, float u_ang, double& z_cos, double& z_sin) {
   const double rho = sqrt(-2.0 * log(static_cast<double>(u_rad)));
   double s, c;
-  sincospi(2.0 * static_cast<double>(u_ang), &s, &c);
+  sincos(mul_rn(kTwoPi, static_cast<double>(u_ang)), &s, &c);
   z_cos = rho * c;
   z_sin = rho * s;
 }

@@ -1,112 +1,58 @@
-"""Public Langevin / gradient-flow step: argument checks, then the chosen backend."""
+"""Public Langevin / gradient-flow step: argument checks, then the op (dgm_fast/langevin/op.py).
+
+Porting a sampler written as ``x - lr * grad + std * randn_like(x)`` (JEM,
+ebm-anatomy and most EBM code): that is ``langevin_step(x, grad,
+step_size=2 * lr, noise_scale=std)``. Leaving ``noise_scale`` out gives the
+exact Langevin noise ``sqrt(step_size)``, which is ``sqrt(2 * lr) / std``
+times larger than such code uses. In your own loop, draw noise from a
+``NoiseStream``, which advances the stream offset at every step; a fixed
+``seed`` with a fixed ``offset`` reuses the same noise at every step.
+"""
 
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 from torch import Tensor
 
-from dgm_fast import backend as _backend
-from dgm_fast.langevin.op import (
-    langevin_step_inplace_kernel,
-    langevin_step_inplace_op,
-    langevin_step_kernel,
-    langevin_step_op,
-)
-from dgm_fast.langevin.reference import langevin_step_reference
+from dgm_fast import _checks
+from dgm_fast.langevin.op import STEP, STEP_, StepArgs
 
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_INF = float("inf")
-
-
-def _real(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if math.isnan(value):
-        raise ValueError(f"{name} must not be NaN")
-    return value
-
-
-def _integer(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    return int(value)
-
-
-def check_tensors(x, grad) -> None:
-    """x and grad: floating tensors of one shape, dtype and device."""
-    for name, t in (("x", x), ("grad", grad)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{name} must have a floating dtype {FLOAT_DTYPES}, got {t.dtype}")
-    if grad.shape != x.shape:
-        raise ValueError(f"grad must have the shape of x {tuple(x.shape)}, got {tuple(grad.shape)}")
-    if grad.dtype != x.dtype:
-        raise TypeError(f"grad must have the dtype of x ({x.dtype}), got {grad.dtype}")
-    if grad.device != x.device:
-        raise ValueError(f"grad must be on the device of x ({x.device}), got {grad.device}")
+_INF = math.inf
 
 
 def draw_seed() -> int:
     """A seed from torch's default generator, so torch.manual_seed makes runs repeat."""
-    return int(torch.randint(0, 2**62, (), dtype=torch.int64).item())
+    return int(torch.randint(2**62, ()))  # int64
 
 
-def normalize_args(step_size, noise_scale, prior_weight, grad_clip, clamp, seed, offset) -> tuple:
-    """Checked scalar arguments in the op's form: (step, noise, prior, clip, lo, hi, seed, offset)."""
-    step_size = _real("step_size", step_size)
-    if not 0.0 < step_size < _INF:
-        raise ValueError(f"step_size must be finite and > 0, got {step_size}")
-    noise_scale = math.sqrt(step_size) if noise_scale is None else _real("noise_scale", noise_scale)
-    if not 0.0 <= noise_scale < _INF:
-        raise ValueError(f"noise_scale must be finite and >= 0, got {noise_scale}")
-    prior_weight = _real("prior_weight", prior_weight)
-    if not math.isfinite(prior_weight):
-        raise ValueError(f"prior_weight must be finite, got {prior_weight}")
-    grad_clip = _INF if grad_clip is None else _real("grad_clip", grad_clip)
-    if grad_clip < 0:
-        raise ValueError(f"grad_clip must be >= 0 or None, got {grad_clip}")
+def step_args(x, grad, step_size, noise_scale, prior_weight, grad_clip, clamp, seed, offset) -> StepArgs:
+    """Checked arguments in the ops' form; bad ones raise naming the argument."""
+    _checks.dense_tensor("x", x)
+    _checks.dense_tensor("grad", grad)
+    _checks.like("grad", grad, "x", x)
+    step_size = _checks.real("step_size", step_size, low=0.0, low_open=True, finite=True)
+    noise_scale = (math.sqrt(step_size) if noise_scale is None
+                   else _checks.real("noise_scale", noise_scale, low=0.0, finite=True))
+    prior_weight = _checks.real("prior_weight", prior_weight, finite=True)
+    grad_clip = _INF if grad_clip is None else _checks.real("grad_clip", grad_clip, low=0.0)
     lo, hi = -_INF, _INF
     if clamp is not None:
         if not isinstance(clamp, (tuple, list)) or len(clamp) != 2:
             raise TypeError(f"clamp must be None or a pair (lo, hi), got {clamp!r}")
-        lo, hi = _real("clamp[0]", clamp[0]), _real("clamp[1]", clamp[1])
+        lo, hi = _checks.real("clamp[0]", clamp[0]), _checks.real("clamp[1]", clamp[1])
         if lo > hi:
             raise ValueError(f"clamp must have lo <= hi, got ({lo}, {hi})")
-    seed = draw_seed() if seed is None else _integer("seed", seed) % (1 << 64)
-    offset = _integer("offset", offset)
-    if not 0 <= offset < 1 << 62:
-        raise ValueError(f"offset must be in [0, 2**62), got {offset}")
-    # the op's int is int64: carry the 64-bit seed as its two's complement
-    signed_seed = seed - (1 << 64) if seed >= 1 << 63 else seed
-    return step_size, noise_scale, prior_weight, grad_clip, lo, hi, signed_seed, offset
-
-
-def _needs_autograd(x: Tensor, grad: Tensor) -> bool:
-    return torch.is_grad_enabled() and (x.requires_grad or grad.requires_grad)
-
-
-def _prepare(x, grad, step_size, noise_scale, prior_weight, grad_clip, clamp, seed, offset) -> tuple[tuple, str]:
-    """Checked arguments in the op's form, and the backend to run."""
-    check_tensors(x, grad)
-    args = normalize_args(step_size, noise_scale, prior_weight, grad_clip, clamp, seed, offset)
-    return args, _backend.resolve(x.device)
-
-
-def _out_of_place(x: Tensor, grad: Tensor, args: tuple, name: str) -> Tensor:
-    if name != "reference":
-        if torch.compiler.is_compiling() or _needs_autograd(x, grad):
-            return langevin_step_op(x, grad, *args, name)
-        # plain eager call: the same kernel without the dispatcher's ~20 us
-        return langevin_step_kernel(x, grad, *args, name)
-    step, noise, prior, clip, lo, hi, seed, offset = args
-    clamp = None if (lo, hi) == (-_INF, _INF) else (lo, hi)
-    clip = None if clip == _INF else clip
-    return langevin_step_reference(x, grad, step, noise, prior, clip, clamp, seed % (1 << 64), offset)
+    offset = _checks.integer("offset", offset, low=0, high=1 << 62)
+    seed_tensor = None
+    if seed is not None:
+        seed = _checks.seed(seed)
+    else:  # drawn as a tensor, which torch.compile and export can trace; no draw without noise
+        seed = 0
+        if noise_scale != 0:
+            seed_tensor = torch.randint(2**62, ())  # as draw_seed, without .item()
+    return StepArgs(step_size, noise_scale, prior_weight, grad_clip, lo, hi, seed, offset, seed_tensor)
 
 
 def langevin_step(
@@ -130,11 +76,15 @@ def langevin_step(
     gradient flow (2.20); ``prior_weight=1`` with ``grad = dE(G(z))/dz`` is the
     latent-space dynamics (3.8) under an N(0, I) prior. ``xi`` is element
     ``offset + i`` (row-major ``i``) of the counter-based stream of ``seed``
-    (see dgm_fast.philox); ``seed=None`` draws one from torch's default
-    generator. Differentiable in ``x`` and ``grad``, twice.
+    in [0, 2**64) (see dgm_fast.philox); ``seed=None`` draws one from torch's
+    default generator (not at all when ``noise_scale=0``). Differentiable in
+    ``x`` and ``grad``, twice. The result keeps ``x``'s memory format.
+
+    Code of the form ``x - lr * grad + std * randn_like(x)`` is
+    ``langevin_step(x, grad, step_size=2 * lr, noise_scale=std)``; for your
+    own loop use ``NoiseStream``, which moves ``offset`` on at each step.
     """
-    args, name = _prepare(x, grad, step_size, noise_scale, prior_weight, grad_clip, clamp, seed, offset)
-    return _out_of_place(x, grad, args, name)
+    return STEP(x, grad, *step_args(x, grad, step_size, noise_scale, prior_weight, grad_clip, clamp, seed, offset))
 
 
 def langevin_step_(
@@ -149,12 +99,14 @@ def langevin_step_(
     seed: int | None = None,
     offset: int = 0,
 ) -> Tensor:
-    """In-place ``langevin_step``: writes the step into ``x`` and returns ``x``."""
-    args, name = _prepare(x, grad, step_size, noise_scale, prior_weight, grad_clip, clamp, seed, offset)
-    if name == "reference" or _needs_autograd(x, grad):
-        # the mutating kernel has no autograd formula: record the write as a copy_
-        return x.copy_(_out_of_place(x, grad, args, name))
-    # as in _out_of_place: the dispatcher only where torch.compile traces
-    inplace = langevin_step_inplace_op if torch.compiler.is_compiling() else langevin_step_inplace_kernel
-    inplace(x, grad, *args, name)
+    """In-place ``langevin_step``: writes the step into ``x`` and returns ``x``.
+
+    ``grad`` may be ``x`` itself but must not partially overlap it.
+    """
+    args = step_args(x, grad, step_size, noise_scale, prior_weight, grad_clip, clamp, seed, offset)
+    _checks.writable_without_partial_overlap("x", x, "grad", grad)
+    if torch.is_grad_enabled() and (x.requires_grad or grad.requires_grad):
+        # the mutating op has no autograd formula: record the write as a copy_
+        return x.copy_(STEP(x, grad, *args))
+    STEP_(x, grad, *args)
     return x

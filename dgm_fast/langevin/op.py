@@ -1,83 +1,53 @@
-"""torch.library registration of the fused Langevin step, with its autograd.
+"""The Langevin step ops, declared once on the shared scaffolding (dgm_fast/_op.py).
 
-Arguments arrive validated and normalised by ``dgm_fast.langevin.functional``:
-bounds that are absent are infinite, ``seed`` is a signed int64 (the
-two's-complement form of a seed in [0, 2**64)), ``backend`` is concrete.
+``dgm_fast::langevin_step`` (out of place) and ``dgm_fast::langevin_step_``
+(in place) share one kernel per backend, ``langevin_step_{cpu,cuda,triton}(x,
+grad, out, *StepArgs-without-seed_tensor)``; ``out`` may be ``x``.
 """
 
 from __future__ import annotations
 
-import os
+from typing import NamedTuple
 
-import torch
 from torch import Tensor
 
-from dgm_fast import _extension
+from dgm_fast._op import FusedOp, empty_output
+from dgm_fast.langevin.reference import langevin_step_reference
 
-# Tests set DGM_FAST_POISON=1 so outputs start as NaN: a kernel that skips an
-# element then fails loudly. Off by default, as the fill is a full extra pass.
-POISON = os.environ.get("DGM_FAST_POISON") == "1"
-
-_STEP_ARGS = "step_size noise_scale prior_weight grad_clip clamp_lo clamp_hi seed offset".split()
-
-
-def _launch(backend: str, x: Tensor, grad: Tensor, out: Tensor, args: tuple) -> None:
-    """Run backend ``backend``'s kernel on contiguous tensors; ``out`` may be ``x``."""
-    if backend == "triton":
-        from dgm_fast.kernels.langevin import langevin_step_triton
-
-        kw = dict(zip(_STEP_ARGS, args))
-        kw["seed"] %= 1 << 64
-        langevin_step_triton(x, grad, out, **kw)
-    elif backend == "cpu":
-        _extension._C.langevin_step_cpu(x, grad, out, *args)
-    elif backend == "cuda":
-        _extension._C.langevin_step_cuda(x, grad, out, *args)
-    else:
-        raise ValueError(f"langevin_step: no kernel for backend {backend!r}")
-
-
-def langevin_step_kernel(
-    x: Tensor, grad: Tensor, step_size: float, noise_scale: float, prior_weight: float,
-    grad_clip: float, clamp_lo: float, clamp_hi: float, seed: int, offset: int, backend: str,
-) -> Tensor:
-    out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    if POISON:
-        out.fill_(float("nan"))
-    args = (step_size, noise_scale, prior_weight, grad_clip, clamp_lo, clamp_hi, seed, offset)
-    _launch(backend, x.contiguous(), grad.contiguous(), out, args)
-    return out
-
-
-langevin_step_op = torch.library.custom_op("dgm_fast::langevin_step", langevin_step_kernel, mutates_args=())
-
-
-@langevin_step_op.register_fake
-def _(x, grad, step_size, noise_scale, prior_weight, grad_clip, clamp_lo, clamp_hi, seed, offset, backend):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-
-def langevin_step_inplace_kernel(
-    x: Tensor, grad: Tensor, step_size: float, noise_scale: float, prior_weight: float,
-    grad_clip: float, clamp_lo: float, clamp_hi: float, seed: int, offset: int, backend: str,
-) -> None:
-    args = (step_size, noise_scale, prior_weight, grad_clip, clamp_lo, clamp_hi, seed, offset)
-    if x.is_contiguous():
-        _launch(backend, x, grad.contiguous(), x, args)
-    else:  # the stream follows the logical (row-major) index, so work on a contiguous copy
-        out = x.contiguous()
-        _launch(backend, out, grad.contiguous(), out, args)
-        x.copy_(out)
-
-
-langevin_step_inplace_op = torch.library.custom_op(
-    "dgm_fast::langevin_step_", langevin_step_inplace_kernel, mutates_args=("x",)
+_INF = float("inf")
+SCHEMA_ARGS = (
+    "Tensor grad, float step_size, float noise_scale, float prior_weight, float grad_clip, "
+    "float clamp_lo, float clamp_hi, int seed, int offset, Tensor? seed_tensor"
 )
 
 
-@langevin_step_inplace_op.register_fake
-def _(x, grad, step_size, noise_scale, prior_weight, grad_clip, clamp_lo, clamp_hi, seed, offset, backend):
-    return None
+class StepArgs(NamedTuple):
+    """The step's scalars in the ops' order: absent bounds are infinite, ``seed`` is int64
+    (two's complement), ``seed_tensor`` (0-d int64, drawn for ``seed=None``) overrides ``seed``."""
+
+    step_size: float
+    noise_scale: float
+    prior_weight: float
+    grad_clip: float
+    clamp_lo: float
+    clamp_hi: float
+    seed: int
+    offset: int
+    seed_tensor: Tensor | None
+
+
+def _reference(x: Tensor, grad: Tensor, *scalars) -> Tensor:
+    a = StepArgs(*scalars)
+    clamp = None if (a.clamp_lo, a.clamp_hi) == (-_INF, _INF) else (a.clamp_lo, a.clamp_hi)
+    clip = None if a.grad_clip == _INF else a.grad_clip
+    return langevin_step_reference(x, grad, a.step_size, a.noise_scale, a.prior_weight, clip, clamp,
+                                   a.seed, a.offset, a.seed_tensor)
+
+
+def _kernel_scalars(*scalars) -> tuple:
+    a = StepArgs(*scalars)
+    seed = a.seed if a.seed_tensor is None else int(a.seed_tensor)
+    return (*a[:6], seed, a.offset)
 
 
 # Autograd. The step is affine in (x, grad): d out/d x = 1 - step/2 * prior_weight
@@ -85,12 +55,13 @@ def _(x, grad, step_size, noise_scale, prior_weight, grad_clip, clamp_lo, clamp_
 # backward is built from differentiable torch ops, so double backward works and
 # a loss on Langevin samples can be trained through the chain (eq. (2.25)).
 def _setup_context(ctx, inputs, output):
-    x, grad, step_size, _, prior_weight, grad_clip, clamp_lo, clamp_hi, *_ = inputs
-    ctx.half_step, ctx.prior_weight = 0.5 * step_size, prior_weight
-    ctx.grad_clip, ctx.clamp = grad_clip, (clamp_lo, clamp_hi)
+    x, grad, *scalars = inputs
+    a = StepArgs(*scalars[: len(StepArgs._fields)])
+    ctx.half_step, ctx.prior_weight = 0.5 * a.step_size, a.prior_weight
+    ctx.grad_clip, ctx.clamp = a.grad_clip, (a.clamp_lo, a.clamp_hi)
     ctx.save_for_backward(
-        grad if grad_clip != float("inf") else None,
-        output if (clamp_lo, clamp_hi) != (float("-inf"), float("inf")) else None,
+        grad if a.grad_clip != _INF else None,
+        output if ctx.clamp != (-_INF, _INF) else None,
     )
 
 
@@ -100,15 +71,23 @@ def _backward(ctx, grad_out):
         # Inside the clamp range the output passes gradients. At an exact tie
         # (unclamped value == bound) this gives 0, a valid subgradient.
         lo, hi = ctx.clamp
-        if lo != float("-inf"):
+        if lo != -_INF:
             grad_out = grad_out * (out > lo)
-        if hi != float("inf"):
+        if hi != _INF:
             grad_out = grad_out * (out < hi)
     grad_x = grad_out * (1.0 - ctx.half_step * ctx.prior_weight)
     grad_g = grad_out * -ctx.half_step
     if grad is not None:
         grad_g = grad_g * ((grad >= -ctx.grad_clip) & (grad <= ctx.grad_clip))
-    return (grad_x, grad_g) + (None,) * 9
+    return (grad_x, grad_g) + (None,) * len(StepArgs._fields)
 
 
-langevin_step_op.register_autograd(_backward, setup_context=_setup_context)
+STEP = FusedOp(
+    "langevin", "langevin_step", f"(Tensor x, {SCHEMA_ARGS}) -> Tensor",
+    reference=_reference, outputs=lambda x, *_: [empty_output(x)], kernel_scalars=_kernel_scalars,
+    setup_context=_setup_context, backward=_backward,
+)
+STEP_ = FusedOp(
+    "langevin", "langevin_step_", f"(Tensor(a!) x, {SCHEMA_ARGS}) -> ()",
+    reference=_reference, mutates="x", kernel_name="langevin_step", kernel_scalars=_kernel_scalars,
+)

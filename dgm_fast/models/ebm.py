@@ -1,4 +1,4 @@
-"""A small MLP energy on R^2, its sampling dynamics, and maximum-likelihood training (§2.4)."""
+"""A small MLP energy on R^d, its short-run sampling dynamics, and maximum-likelihood training (§2.4)."""
 
 from __future__ import annotations
 
@@ -13,16 +13,17 @@ import dgm_fast
 
 
 class EnergyMLP(nn.Module):
-    """E_theta: R^2 -> R, fully connected with swish (SiLU) activations as in appendix 2.4.7.
+    """E_theta: R^dim -> R, fully connected with swish (SiLU) activations as in appendix 2.4.7.
 
-    The appendix uses 5 layers of 256 units; 3 hidden layers of 128 units are
-    enough for the 2-D toy data and keep the demo within minutes on 2 CPU cores.
+    ``depth`` hidden layers of ``hidden`` units; the appendix's "5-layer network
+    with 256 hidden units" is ``EnergyMLP(hidden=256, depth=4)``.
     """
 
-    def __init__(self, hidden: int = 128, depth: int = 3):
+    def __init__(self, hidden: int = 128, depth: int = 3, dim: int = 2):
         super().__init__()
+        self.dim = dim
         layers: list[nn.Module] = []
-        width = 2
+        width = dim
         for _ in range(depth):
             layers += [nn.Linear(width, hidden), nn.SiLU()]
             width = hidden
@@ -46,8 +47,8 @@ class Dynamics:
     step_size: float
     noise_scale: float
 
-    def sample(self, energy: Callable[[Tensor], Tensor], n: int) -> Tensor:
-        x0 = torch.randn(n, 2)
+    def sample(self, energy: EnergyMLP, n: int) -> Tensor:
+        x0 = torch.randn(n, energy.dim)
         return dgm_fast.sample_langevin(energy, x0, self.n_steps, self.step_size, self.noise_scale)
 
 
@@ -64,25 +65,25 @@ def ml_loss(e_data: Tensor, e_neg: Tensor, energy_reg: float) -> Tensor:
 
     ``energy_reg * (E_data^2 + E_neg^2)`` is the small energy regulariser of the
     latent EBMs (appendix of §3.3). (2.13) is blind to adding a constant to E,
-    so without it the energies drift (to about -40 within 1000 steps here) and
-    can blow up; a weight of 1e-3 pins them near 0 and gave lower MMD for both
-    dynamics on the toy data.
+    so without it the energies drift (to about -40 within 1000 steps on the toy
+    data) and can blow up; a weight of 1e-3 pins them near 0 and gave lower
+    MMD for both dynamics there.
     """
     ml = e_data.mean() - e_neg.mean()
     return ml + energy_reg * (e_data.square().mean() + e_neg.square().mean())
 
 
 def train_ebm(
+    energy: EnergyMLP,
     sample_data: Callable[[int], Tensor],
     dynamics: Dynamics,
     config: TrainConfig,
     desc: str = "train",
 ) -> EnergyMLP:
-    """Fit an ``EnergyMLP`` by (2.13) with negatives drawn afresh from ``dynamics`` each step."""
-    energy = EnergyMLP()
+    """Fit ``energy`` in place by (2.13), with negatives drawn afresh from ``dynamics`` each step."""
     # beta1 = 0 as is usual for EBMs (Du and Mordatch, 2019); it also trained better here.
     opt = torch.optim.Adam(energy.parameters(), lr=config.lr, betas=(0.0, 0.999))
-    progress = tqdm(range(config.n_iters), desc=desc)
+    progress = tqdm(range(config.n_iters), desc=desc, leave=False)
     for it in progress:
         x_data = sample_data(config.batch_size)
         x_neg = dynamics.sample(energy, config.batch_size)

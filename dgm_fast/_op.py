@@ -1,0 +1,209 @@
+"""One way to register an op: ``FusedOp`` and the registry of all ops.
+
+A ``FusedOp`` is declared once per op with its schema, reference, output
+allocation, autograd formula and mutated arguments. It registers with
+torch.library:
+
+* ``dgm_fast::<name>`` — the production op. Its CPU kernel is registered in
+  C++ by the extension (``TORCH_LIBRARY_IMPL``, so a call costs a C++
+  dispatch, not a Python one); its CUDA kernel here picks Triton, else the
+  CUDA kernel, else the reference (``dgm_fast.backend``);
+* ``dgm_fast::<name>.backend`` — the same op with the backend as a last
+  argument, for backends forced with ``use_backend``;
+* one fake (shape) function and one autograd formula for both overloads; for
+  mutating ops an ADInplaceOrView kernel that bumps version counters.
+
+Every call goes through torch's dispatcher, so autograd, version counters,
+inference tensors, make_fx / jit.trace / export, torch.compile and tensor
+subclasses see a real op. The one shortcut: when no input needs autograd, the
+call enters the dispatcher below the Autograd key, which is exactly where the
+Autograd kernel would redispatch it (saving a Python autograd frame). Inputs
+under forward-mode AD or a ``torch.func`` transform run the reference, which
+supports them all.
+
+Outputs are allocated here (``empty_output``) and by the C++ helper of
+``csrc/ops.h``; tests poison both with NaN through ``poison_outputs``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch import Tensor
+
+from dgm_fast import _extension
+from dgm_fast.backend import BACKENDS, forced_backend, kernel, select, unavailable_reason
+
+_LIB = torch.library.Library("dgm_fast", "FRAGMENT")
+_REGISTRY: dict[str, FusedOp] = {}
+_POISON = False
+
+
+def poison_outputs(enabled: bool) -> None:
+    """Fill every newly allocated kernel output with NaN (for tests: an unwritten element then fails)."""
+    global _POISON
+    _POISON = enabled
+    if _extension._C is not None:
+        _extension._C.set_poison_outputs(enabled)
+
+
+def empty_output(like: Tensor, memory_format: torch.memory_format = torch.preserve_format) -> Tensor:
+    out = torch.empty_like(like, memory_format=memory_format)
+    return out.fill_(float("nan")) if _POISON and out.is_floating_point() else out
+
+
+def registered_ops() -> list[FusedOp]:
+    return list(_REGISTRY.values())
+
+
+def get_op(name: str) -> FusedOp:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown dgm_fast op {name!r}; registered: {sorted(_REGISTRY)}") from None
+
+
+# bound once: __call__ is on every op's hot path
+_is_compiling = torch.compiler.is_compiling
+_tracing_state = torch._C._get_tracing_state
+_grad_enabled = torch.is_grad_enabled
+_any_requires_grad = torch._C._any_requires_grad
+_functorch_level = torch._C._functorch.maybe_current_level
+_BelowAutograd = torch._C._AutoDispatchBelowAutograd
+
+
+def _transformed(tensors: Sequence[Tensor]) -> bool:
+    """Inputs under a torch.func transform or forward-mode AD: only the reference supports them."""
+    if _functorch_level() is not None:
+        return True
+    return fwAD._current_level >= 0 and any(fwAD.unpack_dual(t).tangent is not None for t in tensors)
+
+
+class FusedOp:
+    """An op with a plain-PyTorch reference and per-backend kernels found by name.
+
+    ``schema``: argument list and returns, e.g. ``"(Tensor x, Tensor grad, float a) -> Tensor"``;
+    the leading ``Tensor`` arguments are the kernel's inputs, the other
+    arguments its scalars (mapped by ``kernel_scalars``). ``reference(*args)``
+    is the specification. ``outputs(*args)`` allocates the outputs (with
+    ``empty_output``); a mutating op (``mutates``: one argument name) instead
+    writes that argument, which is also the kernel's output. Kernels of
+    ``kernel_name`` (default ``name``) are called ``kernel(*inputs, *outputs,
+    *scalars)`` on contiguous tensors. ``setup_context`` / ``backward`` are
+    torch.library's autograd formula, for non-mutating ops.
+    """
+
+    def __init__(
+        self, family: str, name: str, schema: str, *, reference: Callable,
+        outputs: Callable | None = None, mutates: str | None = None, kernel_name: str | None = None,
+        kernel_scalars: Callable = lambda *s: s, setup_context: Callable | None = None,
+        backward: Callable | None = None,
+    ):
+        if name in _REGISTRY:
+            raise ValueError(f"op {name!r} is registered already")
+        self.family, self.name, self.kernel_name = family, name, kernel_name or name
+        self.reference, self.outputs, self.kernel_scalars = reference, outputs, kernel_scalars
+        parsed = torch._C.parse_schema(f"dgm_fast::{name}{schema}")
+        arg_names = [a.name for a in parsed.arguments]
+        self.n_inputs = next((i for i, a in enumerate(parsed.arguments) if str(a.type) != "Tensor"), len(arg_names))
+        self.mutated = arg_names.index(mutates) if mutates else None
+        args, returns = schema.rsplit("->", 1)
+        _LIB.define(f"{name}{schema}")
+        _LIB.define(f"{name}.backend{args.rstrip()[:-1]}, str backend) ->{returns}")
+        self._op = getattr(torch.ops.dgm_fast, name).default
+        self._op_backend = getattr(torch.ops.dgm_fast, name).backend
+        self._register(setup_context, backward)
+        _REGISTRY[name] = self
+
+    # --- registration --------------------------------------------------------
+    def _register(self, setup_context, backward) -> None:
+        qual = f"dgm_fast::{self.name}"
+        fake = self._fake
+        torch.library.register_fake(qual, fake, lib=_LIB)
+        torch.library.register_fake(f"{qual}.backend", lambda *a: fake(*a[:-1]), lib=_LIB)
+        _LIB.impl(self.name, lambda *a: self._run(select(a[0].device, self.family, self.kernel_name), *a), "CUDA")
+        if _extension._C is None:  # no C++ CPU kernel: the default op runs the reference there
+            _LIB.impl(self.name, lambda *a: self._run("reference", *a), "CPU")
+        for key in ("CPU", "CUDA"):
+            _LIB.impl(f"{self.name}.backend", lambda *a: self._run(a[-1], *a[:-1]), key)
+        if self.mutated is not None:
+            for overload, op in ((self.name, self._op), (f"{self.name}.backend", self._op_backend)):
+                if _extension._C is not None:  # the same kernel in C++, without a Python frame per call
+                    _extension._C.register_version_bump(overload)
+                else:
+                    _LIB.impl(overload, functools.partial(self._bump_version, op), "ADInplaceOrView", with_keyset=True)
+        elif backward is not None:
+            torch.library.register_autograd(qual, backward, setup_context=setup_context, lib=_LIB)
+            torch.library.register_autograd(
+                f"{qual}.backend", lambda ctx, *g: (*backward(ctx, *g), None), setup_context=setup_context, lib=_LIB
+            )
+
+    def _fake(self, *args):
+        if self.mutated is not None:
+            return None
+        outs = self.outputs(*args)
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def _bump_version(self, op, keyset, *args):
+        # what torch does for its own in-place ops: the version counter tells
+        # autograd that a saved tensor changed (and inference tensors refuse)
+        torch.autograd.graph.increment_version(args[self.mutated])
+        with torch._C._AutoDispatchBelowADInplaceOrView():
+            return op.redispatch(keyset & torch._C._after_ADInplaceOrView_keyset, *args)
+
+    # --- running -------------------------------------------------------------
+    def _run(self, backend: str, *args):
+        """The kernel of ``backend`` on ``args`` (below autograd): contiguous inputs, outputs allocated here."""
+        if backend == "reference":
+            return self._call_reference(*args)
+        fn = kernel(self.family, self.kernel_name, backend)
+        inputs = [t.contiguous() for t in args[: self.n_inputs]]
+        scalars = self.kernel_scalars(*args[self.n_inputs:])
+        if self.mutated is not None:
+            target = args[self.mutated]
+            fn(*inputs, inputs[self.mutated], *scalars)
+            if inputs[self.mutated] is not target:  # kernels index row-major; write back the layout
+                target.copy_(inputs[self.mutated])
+            return None
+        outs = self.outputs(*args)
+        bufs = [o if o.is_contiguous() else empty_output(o, torch.contiguous_format) for o in outs]
+        fn(*inputs, *bufs, *scalars)
+        for out, buf in zip(outs, bufs):
+            if buf is not out:
+                out.copy_(buf)
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def resolve(self, device: torch.device) -> str:
+        return select(device, self.family, self.kernel_name)
+
+    def availability(self, device: torch.device) -> dict[str, str | None]:
+        """Each backend: None if it can run this op on ``device``, else why not."""
+        return {b: unavailable_reason(b, device, self.family, self.kernel_name) for b in BACKENDS}
+
+    def __call__(self, *args):
+        """Run the op on validated arguments with the backend that ``dgm_fast.backend`` selects."""
+        tensors = args[: self.n_inputs]
+        device = tensors[0].device
+        backend = select(device, self.family, self.kernel_name)
+        compiling = _is_compiling()
+        if backend == "reference" or (not compiling and _transformed(tensors)):
+            return self._call_reference(*args)
+        if backend == "cpu" or (device.type == "cuda" and forced_backend() == "auto"):
+            op, extra = self._op, ()
+        else:
+            op, extra = self._op_backend, (backend,)
+        if compiling or _tracing_state() or (_grad_enabled() and _any_requires_grad(*tensors)):
+            return op(*args, *extra)
+        with _BelowAutograd():
+            return op._op(*args, *extra)  # the C++ entry point behind OpOverload.__call__
+
+    def _call_reference(self, *args):
+        if self.mutated is None:
+            return self.reference(*args)
+        # a differentiable in-place write: autograd records it as a copy_
+        target = args[self.mutated]
+        target.copy_(self.reference(*args))
+        return None

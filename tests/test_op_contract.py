@@ -1,0 +1,210 @@
+"""The contract every registered op keeps, on every backend that runs here.
+
+Reference equivalence on the samples of tests/helpers.py (outputs poisoned
+with NaN first), torch.library.opcheck, torch.compile(fullgraph=True),
+version counters, inference tensors, make_fx / jit.trace / export, forward
+AD and the torch.func transforms. Family test files hold only what is
+particular to a family.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.fx.experimental.proxy_tensor import make_fx
+
+import dgm_fast
+from dgm_fast import _extension, _op
+from helpers import OP_SAMPLES, TOL, clone_args, dtypes_for
+
+OPS = _op.registered_ops()
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+CASES = [(op, d, b) for op in OPS for d in DEVICES for b, why in op.availability(torch.device(d)).items()
+         if why is None]
+NATIVE_CASES = [c for c in CASES if c[2] != "reference"]
+
+
+def case_id(case):
+    return f"{case[0].name}-{case[1]}-{case[2]}"
+
+
+@pytest.fixture(params=CASES, ids=case_id)
+def case(request):
+    op, device, backend = request.param
+    with dgm_fast.use_backend(backend):
+        yield op, device, backend
+
+
+@pytest.fixture(params=NATIVE_CASES, ids=case_id)
+def native_case(request):
+    op, device, backend = request.param
+    with dgm_fast.use_backend(backend):
+        yield op, device, backend
+
+
+def first_sample(op, device, dtype=torch.float32, index=4):
+    return clone_args(OP_SAMPLES[op.name](device, dtype)[index])
+
+
+def run(op, args):
+    """The op's result: its output, or the argument it writes."""
+    out = op(*args)
+    return args[op.mutated] if op.mutated is not None else out
+
+
+def test_every_registered_op_has_samples_and_a_kernel_name():
+    assert OPS, "no op registered"
+    for op in OPS:
+        assert op.name in OP_SAMPLES, f"add samples for {op.name} to tests/helpers.py"
+        assert op.availability(torch.device("cpu"))["reference"] is None
+
+
+def test_outputs_are_poisoned_for_the_tests():
+    assert torch.isnan(_op.empty_output(torch.zeros(3))).all()
+    if _extension._C is not None:
+        assert _extension._C.poison_outputs()
+
+
+def test_matches_reference(case):
+    op, device, _ = case
+    for dtype in dtypes_for(device):
+        for args in OP_SAMPLES[op.name](device, dtype):
+            expect = op.reference(*clone_args(args))
+            got = run(op, clone_args(args))
+            assert got.shape == expect.shape and got.dtype == expect.dtype and got.device == expect.device
+            assert got.stride() == expect.stride() or got.numel() <= 1, "memory format differs from the reference"
+            torch.testing.assert_close(got, expect, equal_nan=True, **TOL[dtype])
+
+
+def test_opcheck(native_case):
+    op, device, backend = native_case
+    for index in (0, 4, -1):  # default options, every option, channels_last
+        args = first_sample(op, device, torch.float64, index)
+        torch.library.opcheck(op._op, clone_args(args))
+        torch.library.opcheck(op._op_backend, (*clone_args(args), backend))
+
+
+def test_compile_fullgraph_matches_eager(native_case):
+    op, device, _ = native_case
+    args = first_sample(op, device)
+    compiled = torch.compile(lambda *a: run(op, a), fullgraph=True, dynamic=False)
+    torch.testing.assert_close(compiled(*clone_args(args)), run(op, clone_args(args)), atol=0, rtol=0)
+
+
+def test_version_counters(case):
+    op, device, _ = case
+    args = first_sample(op, device)
+    before = [t._version for t in args if isinstance(t, torch.Tensor)]
+    run(op, args)
+    after = [t._version for t in args if isinstance(t, torch.Tensor)]
+    bumped = [b != a for b, a in zip(before, after)]
+    assert bumped == [i == op.mutated for i in range(len(bumped))]
+
+
+def test_autograd_sees_an_in_place_write_to_a_saved_tensor(case):
+    op, device, _ = case
+    if op.mutated is None:
+        pytest.skip("not an in-place op")
+    args = first_sample(op, device)
+    w = torch.ones_like(args[op.mutated], requires_grad=True)
+    loss = (w * args[op.mutated]).sum()  # saves the tensor the op then overwrites
+    run(op, args)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_inference_tensors(case):
+    op, device, _ = case
+    with torch.inference_mode():
+        args = first_sample(op, device)
+        out = run(op, args)
+        assert out.is_inference()
+    if op.mutated is not None:
+        with pytest.raises(RuntimeError, match="[Ii]nference tensor"):
+            run(op, args)
+
+
+def test_make_fx_records_the_op(native_case):
+    op, device, _ = native_case
+    args = first_sample(op, device)
+    graph = make_fx(lambda *a: run(op, a))(*clone_args(args))
+    assert f"dgm_fast.{op.name}" in graph.code
+    torch.testing.assert_close(graph(*clone_args(args)), run(op, clone_args(args)), atol=0, rtol=0)
+
+
+def test_jit_trace_records_the_op(native_case):
+    op, device, _ = native_case
+    args = first_sample(op, device)
+    tensors = args[: op.n_inputs]
+
+    def fn(*t):
+        return run(op, (*t, *args[op.n_inputs:]))
+
+    traced = torch.jit.trace(fn, clone_args(tensors), check_trace=False)
+    assert f"dgm_fast::{op.name}" in str(traced.graph)
+    torch.testing.assert_close(traced(*clone_args(tensors)), fn(*clone_args(tensors)), atol=0, rtol=0)
+
+
+def test_export(native_case):
+    op, device, _ = native_case
+    args = first_sample(op, device)
+    tensors, scalars = args[: op.n_inputs], args[op.n_inputs:]
+
+    class Wrapper(torch.nn.Module):
+        def forward(self, *t):
+            return run(op, (*[x.clone() for x in t], *scalars))
+
+    exported = torch.export.export(Wrapper(), clone_args(tensors))
+    assert f"dgm_fast.{op.name}" in str(exported.graph)
+    torch.testing.assert_close(exported.module()(*clone_args(tensors)), Wrapper()(*clone_args(tensors)),
+                               atol=0, rtol=0)
+
+
+def _differentiable(op):
+    if op.mutated is not None:
+        pytest.skip("in-place op: autograd goes through its out-of-place twin")
+
+
+def test_gradcheck(case):
+    op, device, _ = case
+    _differentiable(op)
+    args = list(first_sample(op, device, torch.float64, index=2))
+    for i in range(op.n_inputs):
+        args[i] = args[i].detach().requires_grad_()
+    fn = lambda *t: op(*t, *args[op.n_inputs:])  # noqa: E731
+    assert torch.autograd.gradcheck(fn, tuple(args[: op.n_inputs]))
+    assert torch.autograd.gradgradcheck(fn, tuple(args[: op.n_inputs]))
+
+
+def _transform_results(op, device, transform):
+    """``transform`` of the op, and of the same with the reference backend."""
+    _differentiable(op)
+    args = first_sample(op, device, torch.float64, index=2)
+    tensors, scalars = args[: op.n_inputs], args[op.n_inputs:]
+    ours = transform(lambda *t: op(*t, *scalars), tensors)
+    with dgm_fast.use_backend("reference"):
+        ref = transform(lambda *t: op(*t, *scalars), tensors)
+    return ours, ref
+
+
+@pytest.mark.parametrize("transform", ["forward_ad", "vmap", "grad", "jvp", "jacrev"])
+def test_forward_ad_and_torch_func(case, transform):
+    op, device, _ = case
+
+    def forward_ad(fn, tensors):
+        import torch.autograd.forward_ad as fwAD
+
+        with fwAD.dual_level():
+            duals = [fwAD.make_dual(t, torch.ones_like(t)) for t in tensors]
+            return fwAD.unpack_dual(fn(*duals)).tangent
+
+    transforms = {
+        "forward_ad": forward_ad,
+        "vmap": lambda fn, t: torch.func.vmap(fn)(*[x.unsqueeze(0).expand(3, *x.shape) for x in t]),
+        "grad": lambda fn, t: torch.func.grad(lambda *a: fn(*a).sum())(*t),
+        "jvp": lambda fn, t: torch.func.jvp(fn, tuple(t), tuple(torch.ones_like(x) for x in t))[1],
+        "jacrev": lambda fn, t: torch.func.jacrev(fn)(*t),
+    }
+    ours, ref = _transform_results(op, device, transforms[transform])
+    assert ours is not None
+    torch.testing.assert_close(ours, ref, atol=1e-12, rtol=1e-12)

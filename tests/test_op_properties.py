@@ -1,0 +1,323 @@
+"""Property-based tests: every native backend equals the reference on inputs hypothesis draws.
+
+Each registered op has, in ``VALID``, a strategy of calls of its public
+function (random shapes, layouts, dtypes, special values and options) and,
+in ``INVALID``, a strategy of calls with one bad argument, which must raise
+ValueError or TypeError naming it. A new op family adds its two strategies
+there; ``test_every_registered_op_has_strategies`` fails until it does.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import dgm_fast
+from dgm_fast import _op
+from helpers import TOL, dtypes_for
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+NATIVE_CASES = [(op.name, d, b) for op in _op.registered_ops() for d in DEVICES
+                for b, why in op.availability(torch.device(d)).items() if why is None and b != "reference"]
+# the Triton interpreter pays per element as well as per launch
+MAX_NUMEL = {"triton": 1024}
+DEFAULT_MAX_NUMEL = 4096
+PROPERTY_SETTINGS = settings(
+    max_examples=50, deadline=None, derandomize=True, database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+# --- tensors -------------------------------------------------------------------
+@dataclass(frozen=True)
+class TensorSpec:
+    """A tensor rebuilt identically on demand: N(0, scale) values from ``seed`` with
+    ``specials`` planted at (flat index, value), cast to ``dtype``, then laid out:
+    contiguous, permuted (``arg``: storage dim order), sliced (``arg``: steps),
+    channels_last, or expanded (``arg``: the shape it is expanded from)."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    layout: str = "contiguous"
+    arg: tuple[int, ...] = ()
+    seed: int = 0
+    scale: float = 1.0
+    specials: tuple[tuple[int, float], ...] = ()
+    device: str = "cpu"
+
+    def make(self) -> torch.Tensor:
+        source = self.arg if self.layout == "expanded" else self.shape
+        gen = torch.Generator().manual_seed(self.seed)
+        vals = self.scale * torch.randn(source, generator=gen, dtype=torch.float64)
+        flat = vals.view(-1)
+        for i, v in self.specials:
+            if flat.numel():
+                flat[i % flat.numel()] = v
+        return _LAYOUTS[self.layout](vals.to(self.dtype), self)
+
+    def empty(self, shape) -> torch.Tensor:
+        return torch.empty(shape, dtype=self.dtype, device=self.device)
+
+
+def _permuted(vals, spec):
+    inverse = sorted(range(len(spec.arg)), key=spec.arg.__getitem__)
+    return spec.empty([vals.shape[p] for p in spec.arg]).permute(inverse).copy_(vals)
+
+
+def _sliced(vals, spec):
+    # every k-th element of a NaN-filled buffer: a backend that reads a gap gets NaN
+    buf = spec.empty([d * k for d, k in zip(vals.shape, spec.arg)]).fill_(math.nan)
+    return buf[tuple(slice(k - 1, None, k) for k in spec.arg)].copy_(vals)
+
+
+_LAYOUTS = {
+    "contiguous": lambda vals, spec: vals.to(spec.device),
+    "permuted": _permuted,
+    "sliced": _sliced,
+    "channels_last": lambda vals, spec: vals.to(spec.device).contiguous(memory_format=torch.channels_last),
+    "expanded": lambda vals, spec: vals.to(spec.device).expand(spec.shape),
+}
+
+
+def special_values(dtype: torch.dtype) -> list[float]:
+    """NaN, infinities, signed zeros, the largest and smallest (subnormal) values of ``dtype``, and
+    values that overflow 16-bit types."""
+    info = torch.finfo(dtype)
+    subnormal = info.smallest_normal * info.eps
+    return [math.nan, math.inf, -math.inf, -0.0, 0.0, info.max, -info.max, subnormal, -subnormal,
+            info.smallest_normal, 1e30, -1e30]
+
+
+@st.composite
+def shapes(draw, max_numel: int) -> tuple[int, ...]:
+    """0 to 4 dims, often small, at most ``max_numel`` elements; one in eight is empty."""
+    shape, budget = [], max_numel
+    for _ in range(draw(st.integers(0, 4))):
+        d = draw(st.integers(1, min(budget, 9)) | st.integers(1, max(budget, 1)))
+        shape.append(d)
+        budget = max(budget // d, 1)
+    if shape and draw(st.integers(0, 7)) == 0:
+        shape[draw(st.integers(0, len(shape) - 1))] = 0
+    return tuple(shape)
+
+
+@st.composite
+def tensor_specs(draw, shape, dtype, device, layouts=("contiguous", "permuted", "sliced", "expanded")):
+    layouts = [*layouts, "channels_last"] if len(shape) == 4 else layouts
+    layout = draw(st.sampled_from(layouts))
+    arg = ()
+    if layout == "permuted":
+        arg = tuple(draw(st.permutations(range(len(shape)))))
+    elif layout == "sliced":
+        arg = tuple(draw(st.integers(1, 3)) for _ in shape)
+    elif layout == "expanded":
+        arg = tuple(d if draw(st.booleans()) else 1 for d in shape)
+    n = math.prod(shape)
+    specials = draw(st.lists(st.tuples(st.integers(0, max(n - 1, 0)), st.sampled_from(special_values(dtype))),
+                             max_size=6))
+    return TensorSpec(shape, dtype, layout, arg, draw(st.integers(0, 2**31)),
+                      draw(st.sampled_from([1.0, 1e-3, 1e3, 1e-30, 1e30, 1e300])), tuple(specials), device)
+
+
+# --- calls -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Same:
+    """An argument that is the very object built for argument ``index`` (aliasing)."""
+
+    index: int
+
+
+@dataclass(frozen=True)
+class Case:
+    """``fn(*args, **kwargs)`` with each TensorSpec built afresh, so every backend gets the same values,
+    layouts and aliasing. ``error``/``argument``: for invalid calls, the exception and the argument it names."""
+
+    fn: Callable
+    args: tuple
+    kwargs: dict = field(default_factory=dict)
+    error: type[Exception] | None = None
+    argument: str = ""
+
+    def build(self) -> list:
+        built = []
+        for a in self.args:
+            built.append(a.make() if isinstance(a, TensorSpec) else built[a.index] if isinstance(a, Same) else a)
+        return built
+
+    def run(self):
+        """The result and the arguments after the call; ``seed=None`` draws repeat under a fixed torch seed."""
+        args = self.build()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return self.fn(*args, **self.kwargs), args
+
+
+# --- Langevin steps ------------------------------------------------------------
+_BOUND = st.floats(-3, 3) | st.floats(allow_nan=False)  # small, or anything up to +-inf
+_FINITE = st.floats(allow_nan=False, allow_infinity=False)
+STEP_OPTIONS = st.fixed_dictionaries(dict(
+    prior_weight=st.sampled_from([0.0, 1.0]) | st.floats(-1e3, 1e3) | _FINITE,
+    grad_clip=st.none() | st.just(0.0) | st.floats(0.0, 10.0) | st.floats(0.0, allow_nan=False),
+    clamp=st.none() | st.floats(-3, 3).map(lambda v: (v, v))
+    | st.tuples(_BOUND, _BOUND).map(lambda t: tuple(sorted(t))),
+    seed=st.none() | st.integers(0, 2**64 - 1),
+    offset=st.sampled_from([(0, 9), (2**32 - 8, 2**32 + 8), (2**62 - 9, 2**62 - 1), (0, 2**62 - 1)])
+    .flatmap(lambda bounds: st.integers(*bounds)),
+))
+
+
+@st.composite
+def step_scalars(draw) -> tuple[float, float | None, dict]:
+    """step_size, noise_scale and the keyword options of a valid step.
+
+    noise_scale * xi must stay below ~10: the float32 noise differs from the
+    reference by ~1e-7 relative, an absolute error once the terms cancel."""
+    noise_scale = draw(st.none() | st.just(0.0) | st.floats(0.0, 2.0))
+    step = draw(st.floats(0.0, 4.0, exclude_min=True) if noise_scale is None
+                else st.floats(0.0, 1e4, exclude_min=True))
+    return step, noise_scale, draw(STEP_OPTIONS)
+
+
+def langevin_valid(fn: Callable) -> Callable:
+    @st.composite
+    def cases(draw, device: str, backend: str) -> Case:
+        dtype = draw(st.sampled_from(dtypes_for(device)))
+        shape = draw(shapes(MAX_NUMEL.get(backend, DEFAULT_MAX_NUMEL)))
+        # x is written in place by langevin_step_, so it must not be expanded there
+        x_layouts = ("contiguous", "permuted", "sliced") + (("expanded",) if fn is dgm_fast.langevin_step else ())
+        x = draw(tensor_specs(shape, dtype, device, x_layouts))
+        grad = draw(st.just(Same(0)) | tensor_specs(shape, dtype, device))
+        step, noise_scale, kwargs = draw(step_scalars())
+        return Case(fn, (x, grad, step, noise_scale), kwargs)
+
+    return cases
+
+
+_NOT_REAL = st.sampled_from(["0.1", True, [1.0], 1j])
+_NOT_INT = st.sampled_from([1.5, True, "3", 2.0])
+# argument -> strategy of (bad value, exception); one argument is made bad per case
+_BAD_STEP_ARGS = {
+    "step_size": st.tuples(st.floats(max_value=0.0) | st.sampled_from([math.inf, math.nan]), st.just(ValueError))
+                 | st.tuples(_NOT_REAL | st.none(), st.just(TypeError)),
+    "noise_scale": st.tuples(st.floats(max_value=-5e-324) | st.sampled_from([math.inf, math.nan]),
+                             st.just(ValueError)) | st.tuples(_NOT_REAL, st.just(TypeError)),
+    "prior_weight": st.tuples(st.sampled_from([math.inf, -math.inf, math.nan]), st.just(ValueError))
+                    | st.tuples(_NOT_REAL | st.none(), st.just(TypeError)),
+    "grad_clip": st.tuples(st.floats(max_value=-5e-324) | st.just(math.nan), st.just(ValueError))
+                 | st.tuples(_NOT_REAL, st.just(TypeError)),
+    "clamp": st.tuples(st.tuples(st.floats(allow_nan=False), st.floats(allow_nan=False))
+                       .filter(lambda t: t[0] > t[1]), st.just(ValueError))
+             | st.tuples(st.tuples(st.just(math.nan), st.floats()), st.just(ValueError))
+             | st.tuples(st.sampled_from([(1.0,), (0.0, 1.0, 2.0), 3.0, "ab", ("a", 1.0)]), st.just(TypeError)),
+    "seed": st.tuples(st.integers(max_value=-1) | st.integers(min_value=2**64), st.just(ValueError))
+            | st.tuples(_NOT_INT, st.just(TypeError)),
+    "offset": st.tuples(st.integers(max_value=-1) | st.integers(min_value=2**62), st.just(ValueError))
+              | st.tuples(_NOT_INT | st.none(), st.just(TypeError)),
+}
+_POSITIONAL = {"x": 0, "grad": 1, "step_size": 2, "noise_scale": 3}
+
+
+def bad_step_tensors(fn: Callable, x: TensorSpec) -> st.SearchStrategy[tuple[str, object, type[Exception]]]:
+    """A bad x or grad beside a good ``x``: not a float tensor, another shape or dtype, or (in place)
+    an expanded x."""
+    shape = x.shape
+    choices = [
+        ("x", replace(x, dtype=torch.int32), TypeError),
+        ("x", list(shape), TypeError),
+        ("grad", replace(x, shape=(*shape, 2)), ValueError),
+        ("grad", replace(x, dtype=torch.float64), TypeError),
+        ("grad", replace(x, dtype=torch.bool), TypeError),
+    ]
+    if fn is dgm_fast.langevin_step_:
+        full = tuple(max(d, 1) for d in shape)  # an empty x has no element written twice
+        choices.append(("x", replace(x, shape=(*full, 2), layout="expanded", arg=(*full, 1)), ValueError))
+    return st.sampled_from(choices)
+
+
+def langevin_invalid(fn: Callable) -> Callable:
+    @st.composite
+    def cases(draw, device: str, backend: str) -> Case:
+        spec = TensorSpec(draw(shapes(64)), torch.float32, device=device)
+        step, noise_scale, kwargs = draw(step_scalars())
+        args = [spec, replace(spec, seed=1), step, noise_scale]
+        if draw(st.booleans()):
+            name, value, error = draw(bad_step_tensors(fn, spec))
+            if name == "x" and isinstance(value, TensorSpec):
+                args[1] = replace(spec, shape=value.shape)  # keep grad like x, so only x is bad
+        else:
+            name = draw(st.sampled_from(sorted(_BAD_STEP_ARGS)))
+            value, error = draw(_BAD_STEP_ARGS[name])
+        if name in _POSITIONAL:
+            args[_POSITIONAL[name]] = value
+        else:
+            kwargs[name] = value
+        return Case(fn, tuple(args), kwargs, error, name)
+
+    return cases
+
+
+# op name -> (device, backend) -> strategy of Cases; a new op family adds its entries here
+VALID = {
+    "langevin_step": langevin_valid(dgm_fast.langevin_step),
+    "langevin_step_": langevin_valid(dgm_fast.langevin_step_),
+}
+INVALID = {
+    "langevin_step": langevin_invalid(dgm_fast.langevin_step),
+    "langevin_step_": langevin_invalid(dgm_fast.langevin_step_),
+}
+
+
+# --- tests -----------------------------------------------------------------------
+def case_id(case):
+    return "-".join(case)
+
+
+def test_every_registered_op_has_strategies():
+    for op in _op.registered_ops():
+        assert op.name in VALID, f"add a strategy of valid calls of {op.name} to VALID"
+        assert op.name in INVALID, f"add a strategy of invalid calls of {op.name} to INVALID"
+
+
+def significant_strides(t: torch.Tensor) -> tuple[int, ...]:
+    """The strides that matter: a dimension of size 1 (or an empty tensor) may have any."""
+    return () if t.numel() == 0 else tuple(s for s, n in zip(t.stride(), t.shape) if n > 1)
+
+
+def assert_matches(got, expect):
+    """Same shape, dtype, layout, NaN positions and infinities; values within TOL of the dtype."""
+    assert isinstance(got, torch.Tensor) and got.shape == expect.shape and got.dtype == expect.dtype
+    assert significant_strides(got) == significant_strides(expect), "memory format differs from the reference"
+    torch.testing.assert_close(got, expect, equal_nan=True, **TOL[got.dtype])
+
+
+@pytest.mark.parametrize("case", NATIVE_CASES, ids=case_id)
+@PROPERTY_SETTINGS
+@given(data=st.data())
+def test_matches_reference(case, data):
+    name, device, backend = case
+    call = data.draw(VALID[name](device, backend))
+    with dgm_fast.use_backend("reference"):
+        expect, expect_args = call.run()
+    with dgm_fast.use_backend(backend):
+        got, got_args = call.run()
+    assert_matches(got, expect)
+    for g, e in zip(got_args, expect_args):  # what the call wrote into its arguments, and nothing else
+        if isinstance(g, torch.Tensor):
+            torch.testing.assert_close(g, e, equal_nan=True, **TOL[g.dtype])
+
+
+@pytest.mark.parametrize("case", NATIVE_CASES, ids=case_id)
+@PROPERTY_SETTINGS
+@given(data=st.data())
+def test_invalid_arguments_raise_naming_them(case, data):
+    name, device, backend = case
+    call = data.draw(INVALID[name](device, backend))
+    with dgm_fast.use_backend(backend), pytest.raises(call.error, match=f"^{re.escape(call.argument)}"):
+        call.run()

@@ -83,5 +83,10 @@ OP_SAMPLES = {
 }
 
 
+def significant_strides(t: torch.Tensor) -> tuple[int, ...]:
+    """The strides that matter: a dimension of size 1 (or an empty tensor) may have any."""
+    return () if t.numel() == 0 else tuple(s for s, n in zip(t.stride(), t.shape) if n > 1)
+
+
 def clone_args(args: tuple) -> tuple:
     return tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)

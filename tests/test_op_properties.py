@@ -21,14 +21,16 @@ from hypothesis import strategies as st
 
 import dgm_fast
 from dgm_fast import _op
-from helpers import TOL, dtypes_for
+from helpers import TOL, dtypes_for, significant_strides
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 NATIVE_CASES = [(op.name, d, b) for op in _op.registered_ops() for d in DEVICES
                 for b, why in op.availability(torch.device(d)).items() if why is None and b != "reference"]
-# the Triton interpreter pays per element as well as per launch
+# every launch under the Triton interpreter is slow: keep its tensors small
 MAX_NUMEL = {"triton": 1024}
 DEFAULT_MAX_NUMEL = 4096
+# the Triton interpreter computes with numpy, which warns on the overflows and NaNs these inputs are meant to make
+pytestmark = pytest.mark.filterwarnings("ignore:.* encountered in :RuntimeWarning")
 PROPERTY_SETTINGS = settings(
     max_examples=50, deadline=None, derandomize=True, database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -160,11 +162,13 @@ class Case:
 
 
 # --- Langevin steps ------------------------------------------------------------
-_BOUND = st.floats(-3, 3) | st.floats(allow_nan=False)  # small, or anything up to +-inf
+# bounds past float32's range are valid too: they act as infinite for float32 and 16-bit tensors
+_PAST_FLOAT32 = st.sampled_from([3.5e38, 1e300])
+_BOUND = st.floats(-3, 3) | _PAST_FLOAT32 | _PAST_FLOAT32.map(lambda v: -v) | st.floats(allow_nan=False)
 _FINITE = st.floats(allow_nan=False, allow_infinity=False)
 STEP_OPTIONS = st.fixed_dictionaries(dict(
     prior_weight=st.sampled_from([0.0, 1.0]) | st.floats(-1e3, 1e3) | _FINITE,
-    grad_clip=st.none() | st.just(0.0) | st.floats(0.0, 10.0) | st.floats(0.0, allow_nan=False),
+    grad_clip=st.none() | st.just(0.0) | st.floats(0.0, 10.0) | _PAST_FLOAT32 | st.floats(0.0, allow_nan=False),
     clamp=st.none() | st.floats(-3, 3).map(lambda v: (v, v))
     | st.tuples(_BOUND, _BOUND).map(lambda t: tuple(sorted(t))),
     seed=st.none() | st.integers(0, 2**64 - 1),
@@ -178,17 +182,25 @@ def step_scalars(draw) -> tuple[float, float | None, dict]:
     """step_size, noise_scale and the keyword options of a valid step.
 
     noise_scale * xi must stay below ~10: the float32 noise differs from the
-    reference by ~1e-7 relative, an absolute error once the terms cancel."""
+    reference by a few 1e-7 relative, an absolute error once the terms cancel."""
     noise_scale = draw(st.none() | st.just(0.0) | st.floats(0.0, 2.0))
     step = draw(st.floats(0.0, 4.0, exclude_min=True) if noise_scale is None
                 else st.floats(0.0, 1e4, exclude_min=True))
     return step, noise_scale, draw(STEP_OPTIONS)
 
 
+def fuzzable_dtypes(device: str, backend: str) -> list[torch.dtype]:
+    """The dtypes to fuzz. Not bfloat16 for Triton under its interpreter: the interpreter converts
+    bfloat16 wrongly (subnormals flushed, float32 -> bfloat16 truncated instead of rounded), which a
+    GPU does in hardware; the contract tests still run bfloat16 there on ordinary values."""
+    interpreted = backend == "triton" and device == "cpu"
+    return [d for d in dtypes_for(device) if not (interpreted and d == torch.bfloat16)]
+
+
 def langevin_valid(fn: Callable) -> Callable:
     @st.composite
     def cases(draw, device: str, backend: str) -> Case:
-        dtype = draw(st.sampled_from(dtypes_for(device)))
+        dtype = draw(st.sampled_from(fuzzable_dtypes(device, backend)))
         shape = draw(shapes(MAX_NUMEL.get(backend, DEFAULT_MAX_NUMEL)))
         # x is written in place by langevin_step_, so it must not be expanded there
         x_layouts = ("contiguous", "permuted", "sliced") + (("expanded",) if fn is dgm_fast.langevin_step else ())
@@ -283,11 +295,6 @@ def test_every_registered_op_has_strategies():
     for op in _op.registered_ops():
         assert op.name in VALID, f"add a strategy of valid calls of {op.name} to VALID"
         assert op.name in INVALID, f"add a strategy of invalid calls of {op.name} to INVALID"
-
-
-def significant_strides(t: torch.Tensor) -> tuple[int, ...]:
-    """The strides that matter: a dimension of size 1 (or an empty tensor) may have any."""
-    return () if t.numel() == 0 else tuple(s for s, n in zip(t.stride(), t.shape) if n > 1)
 
 
 def assert_matches(got, expect):

@@ -14,12 +14,15 @@ torch.library:
   mutating ops an ADInplaceOrView kernel that bumps version counters.
 
 Every call goes through torch's dispatcher, so autograd, version counters,
-inference tensors, make_fx / jit.trace / export, torch.compile and tensor
-subclasses see a real op. The one shortcut: when no input needs autograd, the
-call enters the dispatcher below the Autograd key, which is exactly where the
-Autograd kernel would redispatch it (saving a Python autograd frame). Inputs
-under forward-mode AD or a ``torch.func`` transform run the reference, which
-supports them all.
+inference tensors, make_fx / jit.trace / export, torch.compile, modes and
+tensor subclasses see a real op. The one shortcut: when no input needs
+autograd, the call enters the dispatcher below the Autograd key, which is
+exactly where the Autograd kernel would redispatch it (saving a Python
+autograd frame). Inputs under forward-mode AD or a ``torch.func`` transform
+run the reference, which supports them all. (Calling the C++ kernel
+directly from Python, skipping the dispatcher, was measured: it is no
+faster, since the Python around it costs what the dispatcher's argument
+conversion does.)
 
 Outputs are allocated here (``empty_output``) and by the C++ helper of
 ``csrc/ops.h``; tests poison both with NaN through ``poison_outputs``.
@@ -50,8 +53,9 @@ def poison_outputs(enabled: bool) -> None:
         _extension._C.set_poison_outputs(enabled)
 
 
-def empty_output(like: Tensor, memory_format: torch.memory_format = torch.preserve_format) -> Tensor:
-    out = torch.empty_like(like, memory_format=memory_format)
+def empty_output(like: Tensor, memory_format: torch.memory_format | None = None) -> Tensor:
+    """A new output laid out like ``like`` (or in ``memory_format``)."""
+    out = torch.empty_like(like) if memory_format is None else torch.empty_like(like, memory_format=memory_format)
     return out.fill_(float("nan")) if _POISON and out.is_floating_point() else out
 
 
@@ -113,6 +117,7 @@ class FusedOp:
         args, returns = schema.rsplit("->", 1)
         _LIB.define(f"{name}{schema}")
         _LIB.define(f"{name}.backend{args.rstrip()[:-1]}, str backend) ->{returns}")
+        self._kernels: dict[str, Callable] = {}  # by backend, found once
         self._op = getattr(torch.ops.dgm_fast, name).default
         self._op_backend = getattr(torch.ops.dgm_fast, name).backend
         self._register(setup_context, backward)
@@ -159,7 +164,8 @@ class FusedOp:
         """The kernel of ``backend`` on ``args`` (below autograd): contiguous inputs, outputs allocated here."""
         if backend == "reference":
             return self._call_reference(*args)
-        fn = kernel(self.family, self.kernel_name, backend)
+        fn = self._kernels.get(backend) or self._kernels.setdefault(
+            backend, kernel(self.family, self.kernel_name, backend))
         inputs = [t.contiguous() for t in args[: self.n_inputs]]
         scalars = self.kernel_scalars(*args[self.n_inputs:])
         if self.mutated is not None:

@@ -48,10 +48,12 @@ def step_args(x, grad, step_size, noise_scale, prior_weight, grad_clip, clamp, s
     seed_tensor = None
     if seed is not None:
         seed = _checks.seed(seed)
-    else:  # drawn as a tensor, which torch.compile and export can trace; no draw without noise
+    elif noise_scale == 0:  # nothing to draw: torch's generator is left as it is
         seed = 0
-        if noise_scale != 0:
-            seed_tensor = torch.randint(2**62, ())  # as draw_seed, without .item()
+    elif torch.compiler.is_compiling():  # a tensor: torch.compile and export trace its draw
+        seed, seed_tensor = 0, torch.randint(2**62, ())
+    else:  # the same draw, as an int: a tensor argument costs eager calls microseconds
+        seed = draw_seed()
     return StepArgs(step_size, noise_scale, prior_weight, grad_clip, lo, hi, seed, offset, seed_tensor)
 
 

@@ -45,9 +45,9 @@ def _reference(x: Tensor, grad: Tensor, *scalars) -> Tensor:
 
 
 def _kernel_scalars(*scalars) -> tuple:
-    a = StepArgs(*scalars)
-    seed = a.seed if a.seed_tensor is None else int(a.seed_tensor)
-    return (*a[:6], seed, a.offset)
+    """StepArgs without ``seed_tensor``, which replaces ``seed`` if given (positions: StepArgs)."""
+    *coefs, seed, offset, seed_tensor = scalars
+    return (*coefs, seed if seed_tensor is None else int(seed_tensor), offset)
 
 
 # Autograd. The step is affine in (x, grad): d out/d x = 1 - step/2 * prior_weight

@@ -164,8 +164,7 @@ class FusedOp:
         """The kernel of ``backend`` on ``args`` (below autograd): contiguous inputs, outputs allocated here."""
         if backend == "reference":
             return self._call_reference(*args)
-        fn = self._kernels.get(backend) or self._kernels.setdefault(
-            backend, kernel(self.family, self.kernel_name, backend))
+        fn = self._kernels.get(backend) or self._find_kernel(backend)
         inputs = [t.contiguous() for t in args[: self.n_inputs]]
         scalars = self.kernel_scalars(*args[self.n_inputs:])
         if self.mutated is not None:
@@ -181,6 +180,13 @@ class FusedOp:
             if buf is not out:
                 out.copy_(buf)
         return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def _find_kernel(self, backend: str) -> Callable:
+        found = kernel(self.family, self.kernel_name, backend)
+        if isinstance(found, str):  # reachable by calling the .backend overload directly
+            raise RuntimeError(f"dgm_fast backend {backend!r} is unavailable for {self.name}: {found}")
+        self._kernels[backend] = found
+        return found
 
     def resolve(self, device: torch.device) -> str:
         return select(device, self.family, self.kernel_name)

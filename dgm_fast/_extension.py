@@ -27,6 +27,7 @@ def build_info() -> dict:
     if not info.get("cuda"):
         info["cuda_reason"] = (
             "torch has no CUDA" if torch.version.cuda is None
-            else "no CUDA toolkit matching torch's CUDA was found when it was built (see the build log)"
+            else "its build found no CUDA toolkit matching torch's CUDA, or DGM_FAST_NO_CUDA=1 was set "
+            "(the build log says which)"
         )
     return info

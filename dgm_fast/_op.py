@@ -38,7 +38,7 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
 from dgm_fast import _extension
-from dgm_fast.backend import BACKENDS, forced_backend, kernel, select, unavailable_reason
+from dgm_fast.backend import BACKENDS, forced_backend, has_kernel, kernel, select, unavailable_reason
 
 _LIB = torch.library.Library("dgm_fast", "FRAGMENT")
 _REGISTRY: dict[str, FusedOp] = {}
@@ -130,8 +130,10 @@ class FusedOp:
         torch.library.register_fake(qual, fake, lib=_LIB)
         torch.library.register_fake(f"{qual}.backend", lambda *a: fake(*a[:-1]), lib=_LIB)
         _LIB.impl(self.name, lambda *a: self._run(select(a[0].device, self.family, self.kernel_name), *a), "CUDA")
-        if _extension._C is None:  # no C++ CPU kernel: the default op runs the reference there
-            _LIB.impl(self.name, lambda *a: self._run("reference", *a), "CPU")
+        if not torch._C._dispatch_has_kernel_for_dispatch_key(qual, "CPU"):
+            # no C++ dispatcher kernel (optional: it only saves Python per call) or no extension at all
+            cpu = "cpu" if has_kernel(self.family, self.kernel_name, "cpu") else "reference"
+            _LIB.impl(self.name, lambda *a: self._run(cpu, *a), "CPU")
         for key in ("CPU", "CUDA"):
             _LIB.impl(f"{self.name}.backend", lambda *a: self._run(a[-1], *a[:-1]), key)
         if self.mutated is not None:
@@ -155,7 +157,10 @@ class FusedOp:
     def _bump_version(self, op, keyset, *args):
         # what torch does for its own in-place ops: the version counter tells
         # autograd that a saved tensor changed (and inference tensors refuse)
-        torch.autograd.graph.increment_version(args[self.mutated])
+        target = args[self.mutated]
+        if target.is_inference() and not torch.is_inference_mode_enabled():
+            raise RuntimeError("Inplace update to inference tensor outside InferenceMode is not allowed")
+        torch.autograd.graph.increment_version(target)
         with torch._C._AutoDispatchBelowADInplaceOrView():
             return op.redispatch(keyset & torch._C._after_ADInplaceOrView_keyset, *args)
 

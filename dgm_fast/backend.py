@@ -11,7 +11,9 @@ Triton, else the CUDA kernel, else the reference, warning once per op and
 reason whenever it does not get its first choice. ``use_backend(name)`` (a
 context manager local to the thread / asyncio task) or the environment
 variable ``DGM_FAST_BACKEND`` (read once, at the first op call) forces one;
-forcing one that cannot run raises.
+forcing one that cannot run raises. torch.compile makes the choice while it
+traces and keeps it in the compiled graph: a ``use_backend`` block around a
+later call of that graph does not change it.
 """
 
 from __future__ import annotations
@@ -48,10 +50,6 @@ def use_backend(name: str) -> Iterator[None]:
         _forced.reset(token)
 
 
-def forced_backend() -> str:
-    """The backend forced by ``use_backend`` or ``DGM_FAST_BACKEND``, else ``"auto"``."""
-    name = _forced.get()
-    return _env_backend() if name is None else name
 
 
 @functools.cache
@@ -141,6 +139,13 @@ def _constant_for_compile(fn):
     decorator only sets this flag, but importing it imports torch._dynamo (1 s per import)."""
     fn._dynamo_marked_constant = True
     return fn
+
+
+@_constant_for_compile
+def forced_backend() -> str:
+    """The backend forced by ``use_backend`` or ``DGM_FAST_BACKEND``, else ``"auto"``."""
+    name = _forced.get()
+    return _env_backend() if name is None else name
 
 
 @_constant_for_compile

@@ -131,6 +131,13 @@ def test_import_without_extension_warns_once_and_falls_back():
         "    dgm_fast.langevin_step_(torch.zeros(3), torch.zeros(3), 0.1)\n"
         "    f = torch.compile(lambda a: dgm_fast.langevin_step(a, a, 0.1, seed=1), fullgraph=True)\n"
         "    f(torch.zeros(3))\n"
+        "    with torch.inference_mode():\n"
+        "        t = torch.zeros(3)\n"
+        "    try:\n"
+        "        torch.ops.dgm_fast.langevin_step_(t, t, 0.1, 0.0, 0.0, 1.0, -1.0, 1.0, 0, 0, None)\n"
+        "        raise SystemExit('an inference tensor was written outside inference mode')\n"
+        "    except RuntimeError as e:\n"
+        "        assert 'inference tensor' in str(e)\n"
         "print(sum('extension unavailable' in str(m.message) for m in w), dgm_fast.available_backends())\n"
     )
     count, backends = _run(code).splitlines()[-1].split(" ", 1)

@@ -27,9 +27,6 @@ def _check_chain(energy, x0, n_steps, step_size, noise_scale, prior_weight, grad
     _checks.dense_tensor("x0", x0)
     n_steps = _checks.integer("n_steps", n_steps, low=0)
     step_args(x0, x0, step_size, noise_scale, prior_weight, grad_clip, clamp, 0, 0)
-    if torch.is_inference_mode_enabled():
-        raise RuntimeError("sample_langevin differentiates the energy, which torch.inference_mode() forbids; "
-                           "call it under torch.no_grad() instead")
     return n_steps
 
 
@@ -65,6 +62,9 @@ def sample_langevin(
     shape ``(n_steps + 1, *x0.shape)`` holding ``x0`` and every step.
     """
     n_steps = _check_chain(energy, x0, n_steps, step_size, noise_scale, prior_weight, grad_clip, clamp)
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("sample_langevin differentiates the energy, which torch.inference_mode() forbids; "
+                           "call it under torch.no_grad() instead")
     stream = NoiseStream(0 if noise_scale == 0 else seed)
     step_kw = dict(prior_weight=prior_weight, grad_clip=grad_clip, clamp=clamp)
 

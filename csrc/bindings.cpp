@@ -2,13 +2,16 @@
 // (the Python side finds them by that name), and the extension's build facts.
 // The CPU dispatcher kernels register themselves (TORCH_LIBRARY_IMPL in
 // csrc/cpu/<family>.cpp); argument checking and autograd live in Python.
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/extension.h>
 #include <torch/library.h>
 
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
+#include "below_autograd_call.h"
 #include "cpu/langevin.h"
 #include "ops.h"
 #ifdef WITH_CUDA
@@ -46,6 +49,15 @@ void register_version_bump(const std::string& name) {
   libraries.push_back(std::move(lib));
 }
 
+// seed=None's draw (dgm_fast.philox.draw_seed): the value and generator
+// advance of int(torch.randint(2**62, ())), i.e. one random64() of the default
+// CPU generator reduced mod 2^62 (ATen's uniform_int_from_to), without a tensor.
+int64_t draw_seed() {
+  at::Generator gen = at::detail::getDefaultCPUGenerator();
+  const std::lock_guard<std::mutex> lock(gen.mutex());
+  return static_cast<int64_t>(gen.get<at::CPUGeneratorImpl>()->random64() % (uint64_t{1} << 62));
+}
+
 py::dict build_info() {
   py::dict info;
   info["loaded"] = true;
@@ -70,6 +82,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   bind_langevin<dgm_fast::langevin_step_cuda>(m, "langevin_step_cuda");
 #endif
   m.def("build_info", &build_info, "what this extension was compiled with");
+  m.def("draw_seed", &draw_seed, "a noise seed in [0, 2**62) from torch's default CPU generator");
+  py::class_<dgm_fast::BelowAutogradCall>(m, "BelowAutogradCall",
+                                          "call an op through the dispatcher below the Autograd key")
+      .def(py::init<const std::string&, const std::string&>(), py::arg("name"), py::arg("overload"))
+      .def("__call__", &dgm_fast::BelowAutogradCall::operator());
   m.def("register_version_bump", &register_version_bump,
         "register the C++ version-counter kernel (ADInplaceOrView) of a mutating op");
   m.def(

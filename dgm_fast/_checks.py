@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import tempfile
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -99,3 +101,18 @@ def writable_without_partial_overlap(name: str, out: Tensor, other_name: str, ot
             f"{name} and {other_name} partially overlap in memory; an in-place update would read "
             f"elements of {other_name} it has already overwritten (pass a clone of {other_name})"
         )
+
+
+def writable_dir(name: str, path) -> Path:
+    """``path`` as an absolute folder, created if missing and proven writable with a temporary
+    file: checked before long work starts, so that its results are not lost at the end."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{name} {path}: not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{name} {path}: cannot write there ({exc.strerror or exc})") from None
+    return path.resolve()

@@ -16,13 +16,13 @@ torch.library:
 Every call goes through torch's dispatcher, so autograd, version counters,
 inference tensors, make_fx / jit.trace / export, torch.compile, modes and
 tensor subclasses see a real op. The one shortcut: when no input needs
-autograd, the call enters the dispatcher below the Autograd key, which is
-exactly where the Autograd kernel would redispatch it (saving a Python
-autograd frame). Inputs under forward-mode AD or a ``torch.func`` transform
-run the reference, which supports them all. (Calling the C++ kernel
-directly from Python, skipping the dispatcher, was measured: it is no
-faster, since the Python around it costs what the dispatcher's argument
-conversion does.)
+autograd (and no tensor subclass or torch function mode wants the call),
+the call enters the dispatcher below the Autograd key, which is exactly
+where the Autograd kernel would redispatch it, through the extension's
+``BelowAutogradCall`` (csrc/below_autograd_call.h): its C++ argument
+conversion saves ~3 us of OpOverload's per call. Inputs under forward-mode
+AD or a ``torch.func`` transform run the reference, which supports them
+all.
 
 Outputs are allocated here (``empty_output``) and by the C++ helper of
 ``csrc/ops.h``; tests poison both with NaN through ``poison_outputs``.
@@ -76,6 +76,7 @@ _tracing_state = torch._C._get_tracing_state
 _grad_enabled = torch.is_grad_enabled
 _any_requires_grad = torch._C._any_requires_grad
 _functorch_level = torch._C._functorch.maybe_current_level
+_has_torch_function = torch._C._has_torch_function
 _BelowAutograd = torch._C._AutoDispatchBelowAutograd
 
 
@@ -84,6 +85,19 @@ def _transformed(tensors: Sequence[Tensor]) -> bool:
     if _functorch_level() is not None:
         return True
     return fwAD._current_level >= 0 and any(fwAD.unpack_dual(t).tangent is not None for t in tensors)
+
+
+def _below_autograd_call(op: torch._ops.OpOverload) -> Callable:
+    """``op`` entered below the Autograd key, for calls that need no autograd."""
+    if _extension._C is not None:
+        return _extension._C.BelowAutogradCall(op._schema.name, op._schema.overload_name)
+    call = op._op  # the C++ entry point behind OpOverload.__call__
+
+    def below_autograd(*args):
+        with _BelowAutograd():
+            return call(*args)
+
+    return below_autograd
 
 
 class FusedOp:
@@ -120,6 +134,7 @@ class FusedOp:
         self._kernels: dict[str, Callable] = {}  # by backend, found once
         self._op = getattr(torch.ops.dgm_fast, name).default
         self._op_backend = getattr(torch.ops.dgm_fast, name).backend
+        self._below_autograd = {op: _below_autograd_call(op) for op in (self._op, self._op_backend)}
         self._register(setup_context, backward)
         _REGISTRY[name] = self
 
@@ -212,10 +227,10 @@ class FusedOp:
             op, extra = self._op, ()
         else:
             op, extra = self._op_backend, (backend,)
-        if compiling or _tracing_state() or (_grad_enabled() and _any_requires_grad(*tensors)):
+        if (compiling or _tracing_state() or (_grad_enabled() and _any_requires_grad(*tensors))
+                or _has_torch_function(tensors)):
             return op(*args, *extra)
-        with _BelowAutograd():
-            return op._op(*args, *extra)  # the C++ entry point behind OpOverload.__call__
+        return self._below_autograd[op](*args, *extra)
 
     def _call_reference(self, *args):
         if self.mutated is None:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import dgm_fast
+from dgm_fast import _checks
 
 DESCRIPTION = (
     "Fused CPU/CUDA/Triton kernels for deep generative models. "
@@ -21,16 +21,11 @@ DESCRIPTION = (
 
 
 def _output_dir(parser: argparse.ArgumentParser, option: str, path: Path) -> Path:
-    """``path``, created if missing and proven writable with a temporary file, or a usage error."""
-    if path.exists() and not path.is_dir():
-        parser.error(f"{option} {path}: not a folder")
+    """``path``, created if missing and proven writable, or a usage error."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as exc:
-        parser.error(f"{option} {path}: cannot write there ({exc.strerror or exc})")
-    return path.resolve()
+        return _checks.writable_dir(option, path)
+    except ValueError as exc:
+        parser.error(str(exc))
 
 
 def _demo(args: argparse.Namespace) -> None:

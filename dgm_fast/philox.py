@@ -31,6 +31,8 @@ import math
 
 import torch
 
+from dgm_fast import _extension
+
 MASK32 = 0xFFFFFFFF
 PHILOX_M = (0xD2511F53, 0xCD9E8D57)
 PHILOX_W = (0x9E3779B9, 0xBB67AE85)
@@ -41,6 +43,15 @@ def split_seed(seed: int) -> tuple[int, int]:
     """The Philox key ``(lo, hi)`` of a seed taken modulo 2**64."""
     seed %= 1 << 64
     return seed & MASK32, seed >> 32
+
+
+def draw_seed() -> int:
+    """A seed in [0, 2**62) from torch's default CPU generator (torch.manual_seed makes runs
+    repeat): the value and generator advance of ``int(torch.randint(2**62, ()))``, which the
+    extension gives without creating a tensor (microseconds on every seed=None call)."""
+    if _extension._C is not None:
+        return _extension._C.draw_seed()
+    return int(torch.randint(2**62, ()))
 
 
 def signed_seed(seed: int) -> int:

@@ -131,6 +131,10 @@ def test_import_without_extension_warns_once_and_falls_back():
         "    dgm_fast.langevin_step_(torch.zeros(3), torch.zeros(3), 0.1)\n"
         "    f = torch.compile(lambda a: dgm_fast.langevin_step(a, a, 0.1, seed=1), fullgraph=True)\n"
         "    f(torch.zeros(3))\n"
+        "    with dgm_fast.use_backend('triton'):\n"  # a kernel entered below autograd from Python
+        "        y = torch.zeros(64)\n"
+        "        dgm_fast.langevin_step_(y, torch.ones(64), 0.1, 0.0)\n"
+        "        assert y._version == 1 and torch.equal(y, torch.full((64,), -0.05)), y\n"
         "    with torch.inference_mode():\n"
         "        t = torch.zeros(3)\n"
         "    try:\n"

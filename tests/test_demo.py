@@ -100,3 +100,15 @@ def test_quick_demo_finds_the_grid_modes(quick_run):
     for dynamics in ("noisy", "noise-free"):
         # a structureless disc has ~8% of its samples near a mode and captures at most the centre one
         assert grid[dynamics]["high_quality"] > 0.5 and grid[dynamics]["modes"] >= 8, (dynamics, grid)
+
+
+def test_run_demo_checks_its_arguments_before_training(tmp_path, monkeypatch):
+    monkeypatch.setattr("dgm_fast.demo.run._evaluate", lambda *a: pytest.fail("trained before the checks"))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match="out_dir .*cannot write"):
+        run_demo(blocker / "out", mode="quick")
+    with pytest.raises(ValueError, match="out_dir .*not a folder"):
+        run_demo(blocker, mode="quick")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        run_demo(tmp_path, mode="fast")

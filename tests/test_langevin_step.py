@@ -94,10 +94,11 @@ def noise(n, device, dtype=torch.float32, seed=99, offset=0):
 @pytest.mark.parametrize("offset", [0, 1, 6, 2**40 + 3])
 def test_noise_is_the_reference_stream(native, offset):
     device, _ = native
-    for dtype, tol in ((torch.float32, 2e-6), (torch.float64, 1e-13)):
+    # a few ulp: every backend evaluates the reference's expression (angle fl32(2pi) * u included)
+    for dtype, tol in ((torch.float32, dict(atol=2e-7, rtol=1e-6)), (torch.float64, dict(atol=1e-13, rtol=0))):
         z = noise(20_003, device, dtype, seed=2**63 + 11, offset=offset)
         expect = normal_noise(20_003, 2**63 + 11, offset, dtype=dtype, device=device)
-        torch.testing.assert_close(z, expect, atol=tol, rtol=0)
+        torch.testing.assert_close(z, expect, **tol)
 
 
 def test_noise_statistics(native):

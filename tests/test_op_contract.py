@@ -12,6 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import dgm_fast
 from dgm_fast import _extension, _op
@@ -122,6 +124,67 @@ def test_inference_tensors(case):
     if op.mutated is not None:
         with pytest.raises(RuntimeError, match="[Ii]nference tensor"):
             run(op, args)
+
+
+def _is(op, func) -> bool:
+    return getattr(getattr(func, "_schema", None), "name", None) == f"dgm_fast::{op.name}"
+
+
+class _Logged(torch.Tensor):
+    seen: list = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        cls.seen.append(func)
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def test_modes_and_subclasses_see_the_op(native_case):
+    """Calls that need no autograd take a shortcut below the Autograd key; torch function
+    modes, dispatch modes and __torch_function__ subclasses must still see the op."""
+    op, device, _ = native_case
+    seen = []
+
+    class FunctionMode(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    class DispatchMode(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    for mode in (FunctionMode, DispatchMode):
+        seen.clear()
+        with mode():
+            run(op, first_sample(op, device))
+        assert any(_is(op, f) for f in seen), f"{mode.__name__} did not see {op.name}"
+    args = first_sample(op, device)
+    _Logged.seen.clear()
+    run(op, (args[0].as_subclass(_Logged), *args[1:]))
+    assert any(_is(op, f) for f in _Logged.seen), "the subclass's __torch_function__ did not see the op"
+
+
+@pytest.mark.skipif(_extension._C is None, reason="needs the compiled extension")
+def test_below_autograd_call_checks_what_it_converts():
+    call = _extension._C.BelowAutogradCall("dgm_fast::langevin_step", "")
+    x = torch.zeros(3)
+    good = (x, x, 0.1, 0.0, 0.0, 1.0, -1.0, 1.0, 0, 0, None)
+    torch.testing.assert_close(call(*good), torch.ops.dgm_fast.langevin_step(*good), atol=0, rtol=0)
+    assert call(x, x, 1, 0, 0, 1, -1, 1, 0, 0, None).shape == x.shape  # ints are floats, as in torch
+    with pytest.raises(TypeError, match="takes 11 arguments, got 2"):
+        call(x, x)
+    with pytest.raises(TypeError, match="argument step_size has the wrong type: str"):
+        call(x, x, "0.1", *good[3:])
+    with pytest.raises(TypeError, match="argument seed has the wrong type: bool"):
+        call(*good[:8], True, *good[9:])
+    with pytest.raises(OverflowError):
+        call(*good[:8], 2**63, *good[9:])
+    with pytest.raises(RuntimeError, match="unavailable"):  # an error raised in a Python kernel
+        _extension._C.BelowAutogradCall("dgm_fast::langevin_step", "backend")(*good, "cuda")
+    with pytest.raises(RuntimeError, match="dgm_fast::nope"):
+        _extension._C.BelowAutogradCall("dgm_fast::nope", "")
 
 
 def test_make_fx_records_the_op(native_case):

@@ -51,16 +51,20 @@ DGM_HD float log_unit(float u) {
   return m + y + 0.693359375f * e;
 }
 
-// sin and cos of 2*pi*t for t in [0, 1]: t is reduced exactly by the nearest
-// quarter turn q, then Cephes sinf/cosf polynomials on [-pi/4, pi/4] and a
-// quadrant rotation done with bit masks (again: no branches, so it vectorizes).
-// q = nearbyint(4t) is computed by adding and subtracting 1.5 * 2^23, which
-// rounds 4t (exact, |4t| <= 4) to an integer half-to-even exactly as nearbyint
-// does, but vectorizes without SSE4.1 roundps (the baseline clone would call
-// libm per element). It needs IEEE evaluation: no -ffast-math.
-DGM_HD void sincos_turns(float t, float& s, float& c) {
-  const float q = (4.0f * t + 0x1.8p23f) - 0x1.8p23f;
-  const float a = 6.28318530717958648f * (t - 0.25f * q);
+// sin and cos of the reference's Box-Muller angle a = fl32(fl32(2pi) * t), t in
+// [0, 1] (dgm_fast/philox.py; CUDA and Triton round it the same way), so that
+// every backend evaluates one expression. a is reduced by its nearest quarter
+// turn q with pi/2 split in three (Cody-Waite: q * P1 and q * P2 are exact for
+// q <= 4), then Cephes sinf/cosf polynomials on [-pi/4, pi/4] and a quadrant
+// rotation done with bit masks (no branches, so it vectorizes).
+// q = nearbyint(a * 2/pi) is computed by adding and subtracting 1.5 * 2^23,
+// which rounds half-to-even exactly as nearbyint does but vectorizes without
+// SSE4.1 roundps (the baseline clone would call libm per element). It needs
+// IEEE evaluation: no -ffast-math.
+DGM_HD void sincos_angle(float t, float& s, float& c) {
+  const float angle = 6.28318530717958648f * t;
+  const float q = (angle * 0.636619772367581343f + 0x1.8p23f) - 0x1.8p23f;
+  const float a = ((angle - q * 1.5703125f) - q * 4.837512969970703125e-4f) - q * 7.54978995489188216e-8f;
   const float a2 = a * a;
   const float sa = a + a * a2 * (-1.6666654611e-1f + a2 * (8.3321608736e-3f + a2 * -1.9515295891e-4f));
   const float ca = 1.0f - 0.5f * a2 +
@@ -80,7 +84,7 @@ DGM_HD void sincos_turns(float t, float& s, float& c) {
 DGM_HD void box_muller(float u_rad, float u_ang, float& z_cos, float& z_sin) {
   const float rho = std::sqrt(-2.0f * log_unit(u_rad));
   float s, c;
-  sincos_turns(u_ang, s, c);
+  sincos_angle(u_ang, s, c);
   z_cos = rho * c;
   z_sin = rho * s;
 }

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from dgm_fast import _checks
 from dgm_fast.demo.metrics import BANDWIDTHS, grid_modes, mmd2
 from dgm_fast.demo.plots import neg_energy_grid, plot_toy_results
 from dgm_fast.demo.toy_data import DATASETS
@@ -127,9 +128,10 @@ def run_demo(out_dir: Path, *, mode: str = "default", seed: int = 0) -> dict:
     "high_quality", "modes"}}}, "train_seconds": {dataset: {dynamics name: s}},
     "seconds": total, "config": {...}, "figure": png path, "metrics_json": json path}``.
     """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
     cfg = MODES[mode]
-    out_dir = Path(out_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = _checks.writable_dir("out_dir", out_dir)  # before the minutes of training
     print(f"dgm-fast demo, {mode} mode: {len(DATASETS)} datasets x {len(DYNAMICS)} dynamics x "
           f"{cfg.train.n_iters} training steps ({cfg.duration} on 2 CPU cores); output to {out_dir}")
     torch.manual_seed(seed)  # data, initial points and Langevin noise all come from torch's generator

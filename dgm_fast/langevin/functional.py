@@ -18,13 +18,9 @@ from torch import Tensor
 
 from dgm_fast import _checks
 from dgm_fast.langevin.op import STEP, STEP_, StepArgs
+from dgm_fast.philox import draw_seed
 
 _INF = math.inf
-
-
-def draw_seed() -> int:
-    """A seed from torch's default generator, so torch.manual_seed makes runs repeat."""
-    return int(torch.randint(2**62, ()))  # int64
 
 
 def step_args(x, grad, step_size, noise_scale, prior_weight, grad_clip, clamp, seed, offset) -> StepArgs:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from torch import Tensor
 
 from dgm_fast import _checks
-from dgm_fast.langevin.functional import draw_seed, langevin_step, langevin_step_
+from dgm_fast.langevin.functional import langevin_step, langevin_step_
+from dgm_fast.philox import draw_seed
 
 
 def stream_stride(numel: int) -> int:

@@ -27,8 +27,9 @@ class BelowAutogradCall {
       kinds_.push_back(kind_of(*arg.type(), arg.name()));
     }
     for (const c10::Argument& ret : schema.returns()) {
-      if (ret.type()->kind() != c10::TypeKind::TensorType) {
-        throw std::invalid_argument(name + ": only Tensor returns are supported, got " +
+      const Kind kind = kind_of(*ret.type(), "return");
+      if (kind != Kind::kTensor && kind != Kind::kTensorList) {
+        throw std::invalid_argument(name + ": only Tensor and Tensor[] returns are supported, got " +
                                     ret.type()->str());
       }
     }
@@ -60,7 +61,7 @@ class BelowAutogradCall {
   }
 
  private:
-  enum class Kind { kTensor, kOptionalTensor, kFloat, kInt, kBool, kString };
+  enum class Kind { kTensor, kOptionalTensor, kTensorList, kFloat, kInt, kBool, kString };
 
   static Kind kind_of(const c10::Type& type, const std::string& name) {
     switch (type.kind()) {
@@ -69,6 +70,11 @@ class BelowAutogradCall {
       case c10::TypeKind::IntType: return Kind::kInt;
       case c10::TypeKind::BoolType: return Kind::kBool;
       case c10::TypeKind::StringType: return Kind::kString;
+      case c10::TypeKind::ListType:
+        if (type.expectRef<c10::ListType>().getElementType()->kind() == c10::TypeKind::TensorType) {
+          return Kind::kTensorList;
+        }
+        break;
       case c10::TypeKind::OptionalType:
         if (type.expectRef<c10::OptionalType>().getElementType()->kind() ==
             c10::TypeKind::TensorType) {
@@ -89,6 +95,19 @@ class BelowAutogradCall {
       case Kind::kTensor:
         if (!THPVariable_Check(obj)) break;
         return THPVariable_Unpack(obj);
+      case Kind::kTensorList: {
+        if (!PyList_Check(obj) && !PyTuple_Check(obj)) break;
+        const py::sequence items = py::reinterpret_borrow<py::sequence>(obj);
+        c10::List<at::Tensor> list;
+        list.reserve(items.size());
+        for (const py::handle item : items) {
+          if (!THPVariable_Check(item.ptr())) {
+            throw py::type_error("argument " + name + " must hold only tensors, got " + Py_TYPE(item.ptr())->tp_name);
+          }
+          list.push_back(THPVariable_Unpack(item.ptr()));
+        }
+        return list;
+      }
       case Kind::kFloat:
         if (PyFloat_Check(obj)) return PyFloat_AS_DOUBLE(obj);
         if (PyLong_Check(obj) && !PyBool_Check(obj)) {
@@ -115,6 +134,11 @@ class BelowAutogradCall {
   }
 
   static py::object returned(const c10::IValue& value) {
+    if (value.isTensorList()) {
+      py::list out;
+      for (const at::Tensor& t : value.toTensorVector()) out.append(returned(t));
+      return out;
+    }
     return py::reinterpret_steal<py::object>(THPVariable_Wrap(value.toTensor()));
   }
 

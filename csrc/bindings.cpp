@@ -12,6 +12,8 @@
 #include <vector>
 
 #include "below_autograd_call.h"
+#include "cpu/coupling.h"
+#include "cpu/coupling_flow.h"
 #include "cpu/langevin.h"
 #include "ops.h"
 #ifdef WITH_CUDA
@@ -81,6 +83,26 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #ifdef WITH_CUDA
   bind_langevin<dgm_fast::langevin_step_cuda>(m, "langevin_step_cuda");
 #endif
+  m.def("affine_coupling_cpu", &dgm_fast::affine_coupling_cpu, py::call_guard<py::gil_scoped_release>());
+  m.def("affine_coupling_backward_cpu", &dgm_fast::affine_coupling_backward_cpu,
+        py::call_guard<py::gil_scoped_release>());
+  using Tensors = std::vector<at::Tensor>;
+  m.def(
+      "coupling_flow_cpu",
+      [](const at::Tensor& z, const Tensors& weights, const Tensors& biases, const Tensors& perms, at::Tensor& u,
+         at::Tensor& logdet, int64_t scale, double clamp, int64_t activation, bool inverse) {
+        dgm_fast::coupling_flow_cpu(z, weights, biases, perms, u, logdet, scale, clamp, activation, inverse);
+      },
+      py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "coupling_flow_backward_cpu",
+      [](const at::Tensor& grad_u, const at::Tensor& grad_logdet, const at::Tensor& z, const Tensors& weights,
+         const Tensors& biases, const Tensors& perms, at::Tensor& grad_z, const Tensors& grad_weights,
+         const Tensors& grad_biases, int64_t scale, double clamp, int64_t activation) {
+        dgm_fast::coupling_flow_backward_cpu(grad_u, grad_logdet, z, weights, biases, perms, grad_z, grad_weights,
+                                             grad_biases, scale, clamp, activation);
+      },
+      py::call_guard<py::gil_scoped_release>());
   m.def("build_info", &build_info, "what this extension was compiled with");
   m.def("draw_seed", &draw_seed, "a noise seed in [0, 2**62) from torch's default CPU generator");
   py::class_<dgm_fast::BelowAutogradCall>(m, "BelowAutogradCall",

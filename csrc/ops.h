@@ -14,14 +14,22 @@ namespace dgm_fast {
 
 inline std::atomic<bool> g_poison_outputs{false};
 
-// A new output laid out like `like` (its memory format, or `format`).
-inline at::Tensor empty_output(const at::Tensor& like,
-                               at::MemoryFormat format = at::MemoryFormat::Preserve) {
-  at::Tensor out = at::empty_like(like, format);
+inline at::Tensor poisoned(at::Tensor out) {
   if (g_poison_outputs.load(std::memory_order_relaxed) && out.is_floating_point()) {
     out.fill_(std::numeric_limits<double>::quiet_NaN());
   }
   return out;
+}
+
+// A new output laid out like `like` (its memory format, or `format`).
+inline at::Tensor empty_output(const at::Tensor& like,
+                               at::MemoryFormat format = at::MemoryFormat::Preserve) {
+  return poisoned(at::empty_like(like, format));
+}
+
+// A new output of `n` elements (e.g. one value per batch row).
+inline at::Tensor empty_output(int64_t n, const at::TensorOptions& options) {
+  return poisoned(at::empty({n}, options));
 }
 
 // The seed of a noise op: `seed_tensor` (drawn from torch's generator for

@@ -6,6 +6,8 @@ the plain-PyTorch specification each backend is tested against.
 """
 
 from dgm_fast.backend import BACKENDS, available_backends, use_backend
+from dgm_fast.coupling import affine_coupling
+from dgm_fast import nn
 from dgm_fast.langevin import LangevinSampler, NoiseStream, langevin_step, langevin_step_, sample_langevin
 
 __version__ = "0.1.0"
@@ -13,9 +15,11 @@ __all__ = [
     "BACKENDS",
     "LangevinSampler",
     "NoiseStream",
+    "affine_coupling",
     "available_backends",
     "langevin_step",
     "langevin_step_",
     "sample_langevin",
+    "nn",
     "use_backend",
 ]

@@ -45,7 +45,8 @@ def integer(name: str, value, *, low: int | None = None, high: int | None = None
             raise TypeError(f"{name} must be an int, got {type(value).__name__}")
         value = int(value)
     if (low is not None and value < low) or (high is not None and value >= high):
-        raise ValueError(f"{name} must be in [{low}, {high}), got {value}")
+        bounds = f">= {low}" if high is None else f"< {high}" if low is None else f"in [{low}, {high})"
+        raise ValueError(f"{name} must be {bounds}, got {value}")
     return value
 
 

@@ -126,8 +126,11 @@ class FusedOp:
         self.reference, self.outputs, self.kernel_scalars = reference, outputs, kernel_scalars
         parsed = torch._C.parse_schema(f"dgm_fast::{name}{schema}")
         arg_names = [a.name for a in parsed.arguments]
-        self.n_inputs = next((i for i, a in enumerate(parsed.arguments) if str(a.type) != "Tensor"), len(arg_names))
+        types = [str(a.type) for a in parsed.arguments]
+        self.n_inputs = next((i for i, t in enumerate(types) if t not in ("Tensor", "List[Tensor]")), len(types))
+        self._has_lists = "List[Tensor]" in types[: self.n_inputs]
         self.mutated = arg_names.index(mutates) if mutates else None
+        self.differentiable = backward is not None
         args, returns = schema.rsplit("->", 1)
         _LIB.define(f"{name}{schema}")
         _LIB.define(f"{name}.backend{args.rstrip()[:-1]}, str backend) ->{returns}")
@@ -185,7 +188,8 @@ class FusedOp:
         if backend == "reference":
             return self._call_reference(*args)
         fn = self._kernels.get(backend) or self._find_kernel(backend)
-        inputs = [t.contiguous() for t in args[: self.n_inputs]]
+        inputs = [t.contiguous() if isinstance(t, Tensor) else [x.contiguous() for x in t]
+                  for t in args[: self.n_inputs]]
         scalars = self.kernel_scalars(*args[self.n_inputs:])
         if self.mutated is not None:
             target = args[self.mutated]
@@ -193,8 +197,9 @@ class FusedOp:
             if inputs[self.mutated] is not target:  # kernels index row-major; write back the layout
                 target.copy_(inputs[self.mutated])
             return None
-        outs = self.outputs(*args)
-        bufs = [o if o.is_contiguous() else empty_output(o, torch.contiguous_format) for o in outs]
+        outs = self.outputs(*args)  # a list output (Tensor[]) is allocated contiguous
+        bufs = [o if not isinstance(o, Tensor) or o.is_contiguous() else empty_output(o, torch.contiguous_format)
+                for o in outs]
         fn(*inputs, *bufs, *scalars)
         for out, buf in zip(outs, bufs):
             if buf is not out:
@@ -218,6 +223,8 @@ class FusedOp:
     def __call__(self, *args):
         """Run the op on validated arguments with the backend that ``dgm_fast.backend`` selects."""
         tensors = args[: self.n_inputs]
+        if self._has_lists:
+            tensors = [x for t in tensors for x in ((t,) if isinstance(t, Tensor) else t)]
         device = tensors[0].device
         backend = select(device, self.family, self.kernel_name)
         compiling = _is_compiling()

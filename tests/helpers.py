@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from dgm_fast.coupling.functional import coupling_args
+from dgm_fast.coupling.reference import SCALES
 from dgm_fast.langevin.functional import step_args
 
 # float32 kernels differ from the references by the rounding of log/sin/cos
@@ -77,7 +79,75 @@ def _langevin_samples(device, dtype) -> list[tuple]:
     return samples
 
 
+def _coupling_tensors(device, dtype) -> list[tuple]:
+    """(x2, s, t) over batch-first shapes and layouts; s spans the scale functions' interesting range."""
+    shapes = [(s, "contiguous") for s in SHAPES if len(s) >= 1] + [((4, 33), "contiguous"), ((64, 257), "contiguous")]
+    shapes += [((33, 65), "transposed"), ((17, 9), "strided"), ((2, 3, 5, 7), "channels_last")]
+    return [tuple(make_tensor(shape, dtype, device, layout=layout, scale=scale, seed=3 * i + k)
+                  for k, scale in enumerate((1.0, 2.5, 1.0)))
+            for i, (shape, layout) in enumerate(shapes)]
+
+
+def _coupling_samples(device, dtype) -> list[tuple]:
+    """(x2, s, t, *CouplingArgs): every scale function, both directions, two clamps."""
+    tensors = _coupling_tensors(device, dtype)
+    options = [(scale, clamp, inverse) for scale in SCALES for clamp in (2.0, 0.7) for inverse in (False, True)]
+    return [(*tensors[i % len(tensors)], *coupling_args(*tensors[i % len(tensors)], *o))
+            for i, o in enumerate(options + [(s, 2.0, False) for s in SCALES])]
+
+
+def _coupling_backward_samples(device, dtype) -> list[tuple]:
+    """(grad_y2, grad_logdet, x2, s, t, *CouplingArgs)."""
+    out = []
+    for i, (x2, s, t, *args) in enumerate(_coupling_samples(device, dtype)):
+        gy = make_tensor(tuple(x2.shape), dtype, device, seed=500 + i)
+        gl = make_tensor(tuple(x2.shape[:1]), dtype, device, seed=900 + i)
+        out.append((gy, gl, x2, s, t, *args))
+    return out
+
+
+def _flow_parameters(dim, n_blocks, hidden, n_hidden_layers, dtype, device, seed):
+    """weights, biases and perms of a CouplingFlow in the op's order (dgm_fast/coupling/op.py)."""
+    gen = torch.Generator().manual_seed(seed)
+    weights, biases = [], []
+    for _ in range(n_blocks):
+        for d_in, d_out in ((dim // 2, dim - dim // 2), (dim - dim // 2, dim // 2)):
+            widths = [d_in] + [hidden] * n_hidden_layers + [2 * d_out]
+            for a, b in zip(widths, widths[1:]):
+                weights.append((0.4 * torch.randn(b, a, generator=gen, dtype=torch.float64)).to(device, dtype))
+                biases.append((0.4 * torch.randn(b, generator=gen, dtype=torch.float64)).to(device, dtype))
+    return weights, biases, [torch.randperm(dim, generator=gen).to(device) for _ in range(n_blocks)]
+
+
+# (batch, dim, n_blocks, hidden, n_hidden_layers, scale, clamp, activation)
+FLOW_CONFIGS = [(7, 6, 2, 7, 2, "atan", 2.0, "relu"), (9, 5, 1, 3, 1, "exp", 2.0, "tanh"),
+                (3, 4, 1, 3, 0, "sigmoid", 1.0, "elu"), (10, 9, 3, 5, 2, "tanh", 0.7, "leaky_relu"),
+                (0, 6, 1, 4, 2, "atan", 2.0, "relu")]
+
+
+def _flow_samples(device, dtype) -> list[tuple]:
+    """(z, weights, biases, perms, scale, clamp, activation, inverse); the fused flow is float32/64 only."""
+    if dtype not in (torch.float32, torch.float64):
+        return []
+    samples = []
+    for i, (batch, dim, n_blocks, hidden, layers, scale, clamp, act) in enumerate(FLOW_CONFIGS):
+        params = _flow_parameters(dim, n_blocks, hidden, layers, dtype, device, seed=i)
+        for inverse in (False, True):
+            samples.append((make_tensor((batch, dim), dtype, device, seed=i), *params, scale, clamp, act, inverse))
+    return samples
+
+
+def _flow_backward_samples(device, dtype) -> list[tuple]:
+    """(grad_u, grad_logdet, z, weights, biases, perms, scale, clamp, activation): forward direction."""
+    return [(make_tensor(tuple(z.shape), dtype, device, seed=7), make_tensor(tuple(z.shape[:1]), dtype, device, seed=8),
+             z, *rest[:-1]) for z, *rest in _flow_samples(device, dtype) if not rest[-1]]
+
+
 OP_SAMPLES = {
+    "coupling_flow": _flow_samples,
+    "coupling_flow_backward": _flow_backward_samples,
+    "affine_coupling": _coupling_samples,
+    "affine_coupling_backward": _coupling_backward_samples,
     "langevin_step": _langevin_samples,
     "langevin_step_": _langevin_samples,
 }
@@ -89,4 +159,6 @@ def significant_strides(t: torch.Tensor) -> tuple[int, ...]:
 
 
 def clone_args(args: tuple) -> tuple:
-    return tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+    """Tensors cloned, also inside Tensor[] arguments."""
+    return tuple(a.clone() if isinstance(a, torch.Tensor) else
+                 [t.clone() for t in a] if isinstance(a, list) else a for a in args)

@@ -49,9 +49,40 @@ def first_sample(op, device, dtype=torch.float32, index=4):
 
 
 def run(op, args):
-    """The op's result: its output, or the argument it writes."""
+    """The op's result: its output(s), or the argument it writes."""
     out = op(*args)
     return args[op.mutated] if op.mutated is not None else out
+
+
+def outputs(result) -> tuple:
+    """The op's output tensors, Tensor[] outputs flattened."""
+    if isinstance(result, torch.Tensor):
+        return (result,)
+    return tuple(t for r in result for t in outputs(r))
+
+
+def float_inputs(op, args) -> tuple[list[torch.Tensor], object]:
+    """The op's floating tensor inputs, flattened out of any Tensor[] argument, and a function
+    that rebuilds the whole argument tuple from new values of them (other inputs kept)."""
+    shapes, floats = [], []
+    for a in args[: op.n_inputs]:
+        items = [a] if isinstance(a, torch.Tensor) else list(a)
+        shapes.append(None if isinstance(a, torch.Tensor) else len(items))
+        floats += [t for t in items if t.is_floating_point()]
+
+    def rebuild(values):
+        values, out = iter(values), []
+        for a, n in zip(args[: op.n_inputs], shapes):
+            items = [next(values) if t.is_floating_point() else t for t in ([a] if n is None else a)]
+            out.append(items[0] if n is None else items)
+        return (*out, *args[op.n_inputs:])
+
+    return floats, rebuild
+
+
+def flat(result) -> torch.Tensor:
+    """All outputs as one vector: what the single-output torch.func transforms take."""
+    return torch.cat([o.reshape(-1) for o in outputs(result)])
 
 
 def test_every_registered_op_has_samples_and_a_kernel_name():
@@ -73,9 +104,10 @@ def test_matches_reference(case):
         for args in OP_SAMPLES[op.name](device, dtype):
             expect = op.reference(*clone_args(args))
             got = run(op, clone_args(args))
-            assert got.shape == expect.shape and got.dtype == expect.dtype and got.device == expect.device
-            assert significant_strides(got) == significant_strides(expect), "memory format differs from the reference"
-            torch.testing.assert_close(got, expect, equal_nan=True, **TOL[dtype])
+            for g, e in zip(outputs(got), outputs(expect), strict=True):
+                assert g.shape == e.shape and g.dtype == e.dtype and g.device == e.device
+                assert significant_strides(g) == significant_strides(e), "memory format differs from the reference"
+                torch.testing.assert_close(g, e, equal_nan=True, **TOL[dtype])
 
 
 def test_opcheck(native_case):
@@ -119,8 +151,7 @@ def test_inference_tensors(case):
     op, device, _ = case
     with torch.inference_mode():
         args = first_sample(op, device)
-        out = run(op, args)
-        assert out.is_inference()
+        assert all(o.is_inference() for o in outputs(run(op, args)))
     if op.mutated is not None:
         with pytest.raises(RuntimeError, match="[Ii]nference tensor"):
             run(op, args)
@@ -197,11 +228,10 @@ def test_make_fx_records_the_op(native_case):
 
 def test_jit_trace_records_the_op(native_case):
     op, device, _ = native_case
-    args = first_sample(op, device)
-    tensors = args[: op.n_inputs]
+    tensors, rebuild = float_inputs(op, first_sample(op, device))
 
     def fn(*t):
-        return run(op, (*t, *args[op.n_inputs:]))
+        return run(op, rebuild(t))
 
     traced = torch.jit.trace(fn, clone_args(tensors), check_trace=False)
     assert f"dgm_fast::{op.name}" in str(traced.graph)
@@ -210,12 +240,11 @@ def test_jit_trace_records_the_op(native_case):
 
 def test_export(native_case):
     op, device, _ = native_case
-    args = first_sample(op, device)
-    tensors, scalars = args[: op.n_inputs], args[op.n_inputs:]
+    tensors, rebuild = float_inputs(op, first_sample(op, device))
 
     class Wrapper(torch.nn.Module):
         def forward(self, *t):
-            return run(op, (*[x.clone() for x in t], *scalars))
+            return run(op, rebuild([x.clone() for x in t]))
 
     exported = torch.export.export(Wrapper(), clone_args(tensors))
     assert f"dgm_fast.{op.name}" in str(exported.graph)
@@ -226,17 +255,18 @@ def test_export(native_case):
 def _differentiable(op):
     if op.mutated is not None:
         pytest.skip("in-place op: autograd goes through its out-of-place twin")
+    if not op.differentiable:
+        pytest.skip("a backward op: its inputs never require grad (double backward uses the PyTorch formula)")
 
 
 def test_gradcheck(case):
     op, device, _ = case
     _differentiable(op)
-    args = list(first_sample(op, device, torch.float64, index=2))
-    for i in range(op.n_inputs):
-        args[i] = args[i].detach().requires_grad_()
-    fn = lambda *t: op(*t, *args[op.n_inputs:])  # noqa: E731
-    assert torch.autograd.gradcheck(fn, tuple(args[: op.n_inputs]))
-    assert torch.autograd.gradgradcheck(fn, tuple(args[: op.n_inputs]))
+    tensors, rebuild = float_inputs(op, first_sample(op, device, torch.float64, index=2))
+    tensors = tuple(t.detach().requires_grad_() for t in tensors)
+    fn = lambda *t: op(*rebuild(t))  # noqa: E731
+    assert torch.autograd.gradcheck(fn, tensors)
+    assert torch.autograd.gradgradcheck(fn, tensors)
 
 
 def _forward_ad(fn, tensors):
@@ -273,9 +303,8 @@ def test_forward_ad_and_torch_func(case, transform):
     agree with what reverse-mode autograd and a loop compute through the backend under test."""
     op, device, _ = case
     _differentiable(op)
-    args = first_sample(op, device, torch.float64, index=2)
-    tensors, scalars = args[: op.n_inputs], args[op.n_inputs:]
-    fn = lambda *t: op(*t, *scalars)  # noqa: E731
+    tensors, rebuild = float_inputs(op, first_sample(op, device, torch.float64, index=2))
+    fn = lambda *t: flat(op(*rebuild(t)))  # noqa: E731
     transformed, expected = TRANSFORMS[transform]
     torch.testing.assert_close(transformed(fn, clone_args(tensors)), expected(fn, clone_args(tensors)),
                                atol=1e-12, rtol=1e-12)

@@ -21,6 +21,8 @@ from hypothesis import strategies as st
 
 import dgm_fast
 from dgm_fast import _op
+from dgm_fast.coupling.reference import ACTIVATIONS, SCALES
+from dgm_fast.nn import CouplingFlow
 from helpers import TOL, dtypes_for, significant_strides
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -275,14 +277,155 @@ def langevin_invalid(fn: Callable) -> Callable:
     return cases
 
 
+# --- affine couplings -----------------------------------------------------------
+COUPLING_OPTIONS = st.fixed_dictionaries(dict(
+    scale=st.sampled_from(SCALES), clamp=st.sampled_from([2.0, 0.5]) | st.floats(1e-3, 1e3), inverse=st.booleans(),
+))
+
+
+def coupling_gradients(x2, s, t, **kwargs):
+    """The gradients of affine_coupling for fixed output gradients: its fused backward op, reached
+    through autograd (the op has no public function of its own)."""
+    x2, s, t = (v.detach().requires_grad_() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+                for v in (x2, s, t))
+    y2, logdet = dgm_fast.affine_coupling(x2, s, t, **kwargs)
+    gen = torch.Generator().manual_seed(1)
+    grads = [torch.randn(v.shape, generator=gen, dtype=torch.float64).to(v) for v in (y2, logdet)]
+    return torch.autograd.grad((y2, logdet), (x2, s, t), grads)
+
+
+def coupling_valid(fn: Callable) -> Callable:
+    @st.composite
+    def cases(draw, device: str, backend: str) -> Case:
+        dtype = draw(st.sampled_from(fuzzable_dtypes(device, backend)))
+        shape = draw(shapes(MAX_NUMEL.get(backend, DEFAULT_MAX_NUMEL)).filter(len))
+        x2 = draw(tensor_specs(shape, dtype, device))
+        # s and t laid out as x2, so that the reference's output layout is x2's as well
+        s, t = (replace(draw(tensor_specs(shape, dtype, device, ("contiguous",))), layout=x2.layout, arg=x2.arg)
+                for _ in range(2))
+        return Case(fn, (x2, s, t), draw(COUPLING_OPTIONS))
+
+    return cases
+
+
+_BAD_COUPLING_ARGS = {
+    "scale": st.tuples(st.sampled_from(["Exp", "softplus", ""]), st.just(ValueError))
+             | st.tuples(st.sampled_from([None, 0, ("exp",)]), st.just(TypeError)),
+    "clamp": st.tuples(st.floats(max_value=0.0) | st.sampled_from([math.inf, math.nan]), st.just(ValueError))
+             | st.tuples(_NOT_REAL | st.none(), st.just(TypeError)),
+    "inverse": st.tuples(st.sampled_from([0, 1, "yes", None]), st.just(TypeError)),
+}
+
+
+def coupling_invalid(fn: Callable) -> Callable:
+    @st.composite
+    def cases(draw, device: str, backend: str) -> Case:
+        spec = TensorSpec(draw(shapes(64).filter(len)), torch.float32, device=device)
+        args, kwargs = [spec, replace(spec, seed=1), replace(spec, seed=2)], draw(COUPLING_OPTIONS)
+        if draw(st.booleans()):
+            name, value, error = draw(st.sampled_from([
+                ("x2", replace(spec, dtype=torch.int64), TypeError),
+                ("x2", TensorSpec((), torch.float32, device=device), ValueError),
+                ("s", replace(spec, shape=(*spec.shape, 2)), ValueError),
+                ("t", replace(spec, dtype=torch.float64), TypeError),
+                ("s", 1.0, TypeError),
+            ]))
+            if name == "x2" and value.shape == ():
+                args[1:] = [value, value]  # only x2's missing batch dimension is wrong
+            args[("x2", "s", "t").index(name)] = value
+        else:
+            name = draw(st.sampled_from(sorted(_BAD_COUPLING_ARGS)))
+            kwargs[name], error = draw(_BAD_COUPLING_ARGS[name])
+        return Case(fn, tuple(args), kwargs, error, name)
+
+    return cases
+
+
+# --- coupling flows --------------------------------------------------------------
+def run_flow(z, dim, n_blocks, hidden, n_hidden_layers, seed, inverse, gradients, **kwargs):
+    """A CouplingFlow with random weights from ``seed`` applied to ``z`` (that direction's op); with
+    ``gradients``, the gradients of z and of every parameter (the fused backward op) instead."""
+    flow = CouplingFlow(dim, n_blocks, hidden, n_hidden_layers, seed=seed, **kwargs)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=gen, dtype=torch.float64))
+    flow = flow.to(z.dtype if isinstance(z, torch.Tensor) and z.is_floating_point() else torch.float32)
+    direction = flow.inverse if inverse else flow
+    if not gradients:
+        return direction(z)
+    z = z.detach().requires_grad_() if isinstance(z, torch.Tensor) and z.is_floating_point() else z
+    out = direction(z)
+    grads = [torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o) for o in out]
+    return torch.autograd.grad(out, (z, *flow.parameters()), grads)
+
+
+def flow_valid(gradients: bool) -> Callable:
+    @st.composite
+    def cases(draw, device: str, backend: str) -> Case:
+        dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+        dim, n_blocks = draw(st.integers(2, 12)), draw(st.integers(1, 3))
+        spec = draw(tensor_specs((draw(st.integers(0, 17)), dim), dtype, device))
+        # moderate values (so that no inverse overflows), non-finite ones planted
+        spec = replace(spec, scale=draw(st.sampled_from([1.0, 1e-3, 3.0])),
+                       specials=tuple((i, v) for i, v in spec.specials if not math.isfinite(v)))
+        kwargs = dict(scale=draw(st.sampled_from(SCALES)), clamp=draw(st.sampled_from([2.0, 0.5]) | st.floats(0.01, 100)),
+                      activation=draw(st.sampled_from(sorted(ACTIVATIONS))))
+        args = (spec, dim, n_blocks, draw(st.integers(1, 9)), draw(st.integers(0, 2)), draw(st.integers(0, 2**31)),
+                gradients is False and draw(st.booleans()), gradients)
+        return Case(run_flow, args, kwargs)
+
+    return cases
+
+
+_BAD_FLOW_ARGS = {
+    "dim": st.tuples(st.integers(max_value=1), st.just(ValueError)) | st.tuples(st.just(4.0), st.just(TypeError)),
+    "n_blocks": st.tuples(st.integers(max_value=0), st.just(ValueError)),
+    "hidden": st.tuples(st.integers(max_value=0), st.just(ValueError)),
+    "n_hidden_layers": st.tuples(st.integers(max_value=-1), st.just(ValueError)),
+    "scale": st.tuples(st.just("softplus"), st.just(ValueError)),
+    "activation": st.tuples(st.just("gelu"), st.just(ValueError)),
+    "clamp": st.tuples(st.floats(max_value=0.0) | st.sampled_from([math.inf, math.nan]), st.just(ValueError)),
+    "z": st.sampled_from([((3, 5), torch.float32, ValueError), ((4,), torch.float32, ValueError),
+                          ((3, 4), torch.int64, TypeError)]),
+}
+
+
+def flow_invalid(gradients: bool) -> Callable:
+    @st.composite
+    def cases(draw, device: str, backend: str) -> Case:
+        name = draw(st.sampled_from(sorted(_BAD_FLOW_ARGS)))
+        bad = draw(_BAD_FLOW_ARGS[name])
+        z = TensorSpec((3, 4), torch.float32, device=device)
+        args = dict(z=z, dim=4, n_blocks=1, hidden=3, n_hidden_layers=1, seed=0, inverse=False, gradients=gradients)
+        kwargs = dict(scale="atan", clamp=2.0, activation="relu")
+        if name == "z":
+            shape, dtype, error = bad
+            args["z"] = TensorSpec(shape, dtype, device=device)
+        else:
+            value, error = bad
+            (args if name in args else kwargs)[name] = value
+        return Case(run_flow, tuple(args.values()), kwargs, error, name)
+
+    return cases
+
+
 # op name -> (device, backend) -> strategy of Cases; a new op family adds its entries here
 VALID = {
     "langevin_step": langevin_valid(dgm_fast.langevin_step),
     "langevin_step_": langevin_valid(dgm_fast.langevin_step_),
+    "affine_coupling": coupling_valid(dgm_fast.affine_coupling),
+    "affine_coupling_backward": coupling_valid(coupling_gradients),
+    "coupling_flow": flow_valid(gradients=False),
+    "coupling_flow_backward": flow_valid(gradients=True),
 }
 INVALID = {
     "langevin_step": langevin_invalid(dgm_fast.langevin_step),
     "langevin_step_": langevin_invalid(dgm_fast.langevin_step_),
+    "affine_coupling": coupling_invalid(dgm_fast.affine_coupling),
+    "affine_coupling_backward": coupling_invalid(coupling_gradients),
+    "coupling_flow": flow_invalid(gradients=False),
+    "coupling_flow_backward": flow_invalid(gradients=True),
 }
 
 
@@ -299,6 +442,11 @@ def test_every_registered_op_has_strategies():
 
 def assert_matches(got, expect):
     """Same shape, dtype, layout, NaN positions and infinities; values within TOL of the dtype."""
+    if isinstance(expect, (tuple, list)):
+        assert isinstance(got, (tuple, list)) and len(got) == len(expect)
+        for g, e in zip(got, expect):
+            assert_matches(g, e)
+        return
     assert isinstance(got, torch.Tensor) and got.shape == expect.shape and got.dtype == expect.dtype
     assert significant_strides(got) == significant_strides(expect), "memory format differs from the reference"
     torch.testing.assert_close(got, expect, equal_nan=True, **TOL[got.dtype])

@@ -5,9 +5,9 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 
 #include "cpu/philox_simd.h"
+#include "cpu/vec_math.h"
 #include "philox.h"
 
 namespace dgm_fast {
@@ -16,40 +16,6 @@ namespace cpu {
 // Stream indices per tile: a multiple of 4 (one Philox call makes 4 normals),
 // small enough that a tile's noise and Philox words stay in L1.
 constexpr int64_t kNoiseTile = 512;
-
-DGM_HD float bits_to_float(uint32_t i) {
-  float f;
-  std::memcpy(&f, &i, sizeof f);
-  return f;
-}
-
-DGM_HD uint32_t float_to_bits(float f) {
-  uint32_t i;
-  std::memcpy(&i, &f, sizeof i);
-  return i;
-}
-
-// Natural log for u in (0, 1]. Integer bit arithmetic instead of branches so
-// that gcc vectorizes the loop: shifting the bits by those of sqrt(1/2) splits
-// u = 2^e * (1 + m) with 1 + m in [sqrt(1/2), sqrt(2)); then the Cephes logf
-// minimax polynomial in m (about 1 ulp).
-DGM_HD float log_unit(float u) {
-  const uint32_t i = float_to_bits(u) + (0x3F800000u - 0x3F3504F3u);
-  const float e = static_cast<float>(static_cast<int32_t>(i >> 23) - 127);
-  const float m = bits_to_float((i & 0x007FFFFFu) + 0x3F3504F3u) - 1.0f;
-  const float z = m * m;
-  float p = 7.0376836292e-2f;
-  p = p * m - 1.1514610310e-1f;
-  p = p * m + 1.1676998740e-1f;
-  p = p * m - 1.2420140846e-1f;
-  p = p * m + 1.4249322787e-1f;
-  p = p * m - 1.6668057665e-1f;
-  p = p * m + 2.0000714765e-1f;
-  p = p * m - 2.4999993993e-1f;
-  p = p * m + 3.3333331174e-1f;
-  const float y = p * m * z - 2.12194440e-4f * e - 0.5f * z;
-  return m + y + 0.693359375f * e;
-}
 
 // sin and cos of the reference's Box-Muller angle a = fl32(fl32(2pi) * t), t in
 // [0, 1] (dgm_fast/philox.py; CUDA and Triton round it the same way), so that

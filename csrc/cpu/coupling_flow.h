@@ -1,0 +1,27 @@
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+namespace dgm_fast {
+
+// A whole CouplingFlow (dgm_fast/coupling/flow.py; dissertation §3.2, Figure
+// 3.1(b)) in one call per direction: n_blocks blocks of two affine couplings
+// and a permutation. weights[c * L + k] / biases[c * L + k] are layer k of the
+// subnet of coupling c = 2 * block + half (half 0 maps z[:, split:] from
+// z[:, :split], half 1 the other way); perms[b] is block b's permutation.
+// `scale` indexes SCALES, `activation` ACTIVATIONS (relu, leaky_relu, tanh,
+// elu); float32/float64 CPU tensors, z contiguous (B, dim).
+void coupling_flow_cpu(const at::Tensor& z, at::TensorList weights, at::TensorList biases, at::TensorList perms,
+                       at::Tensor& u, at::Tensor& logdet, int64_t scale, double clamp, int64_t activation,
+                       bool inverse);
+
+// Gradients of the forward direction (u, logdet) = flow(z): recomputes the
+// activations block by block instead of storing them.
+void coupling_flow_backward_cpu(const at::Tensor& grad_u, const at::Tensor& grad_logdet, const at::Tensor& z,
+                                at::TensorList weights, at::TensorList biases, at::TensorList perms,
+                                at::Tensor& grad_z, at::TensorList grad_weights, at::TensorList grad_biases,
+                                int64_t scale, double clamp, int64_t activation);
+
+}  // namespace dgm_fast

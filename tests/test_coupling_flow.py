@@ -1,0 +1,189 @@
+"""CouplingFlow (dissertation §3.2, Figure 3.1(b)): the fused whole-flow op against the same
+module run coupling by coupling, the change of variables, inverses and gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import dgm_fast
+from dgm_fast.coupling.op import FLOW
+from dgm_fast.coupling.reference import SCALES
+from dgm_fast.nn import CouplingFlow
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+BACKENDS = [(d, b) for d in DEVICES for b, why in FLOW.availability(torch.device(d)).items() if why is None]
+
+
+@pytest.fixture(params=BACKENDS, ids=lambda c: f"{c[0]}-{c[1]}")
+def backend(request):
+    device, name = request.param
+    with dgm_fast.use_backend(name):
+        yield device, name
+
+
+def make_flow(dim=6, device="cpu", dtype=torch.float64, seed=0, std=0.4, **kwargs) -> CouplingFlow:
+    """A flow with random weights (a fresh one is the identity: its last layers are zero)."""
+    torch.manual_seed(seed)
+    flow = CouplingFlow(dim, **{"n_blocks": 2, "hidden": 7} | kwargs).to(device, dtype)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.normal_(0.0, std)
+    return flow
+
+
+def per_coupling(flow: CouplingFlow, monkeypatch) -> CouplingFlow:
+    """The same module made to run coupling by coupling (affine_coupling ops, nn.Linear subnets)."""
+    monkeypatch.setattr(flow, "fused", lambda z: False)
+    return flow
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_fused_equals_the_module_coupling_by_coupling(backend, scale, monkeypatch):
+    device, _ = backend
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        for dim, kwargs in ((6, {}), (7, dict(n_hidden_layers=1, activation="tanh")),
+                            (64, dict(n_blocks=4, hidden=64, activation="leaky_relu", std=0.1)), (5, dict(activation="elu"))):
+            flow = make_flow(dim, device, dtype, scale=scale, **{"std": 0.15 if scale == "exp" else 0.4} | kwargs)
+            z = torch.randn(33, dim, device=device, dtype=dtype)
+            assert flow.fused(z)
+            fused = (flow(z), flow.inverse(z))
+            flow = per_coupling(flow, monkeypatch)
+            unfused = (flow(z), flow.inverse(z))
+            monkeypatch.undo()
+            torch.testing.assert_close(fused, unfused, atol=tol, rtol=tol)
+
+
+def test_parameter_gradients_equal_the_module_coupling_by_coupling(backend, monkeypatch):
+    device, _ = backend
+    flow = make_flow(8, device, torch.float64, scale="atan")
+    z = torch.randn(17, 8, device=device, dtype=torch.float64, requires_grad=True)
+
+    def grads():
+        flow.zero_grad()
+        z.grad = None
+        (-flow.log_prob(z).mean()).backward()
+        return [z.grad.clone()] + [p.grad.clone() for p in flow.parameters()]
+
+    fused = grads()
+    per_coupling(flow, monkeypatch)
+    torch.testing.assert_close(fused, grads(), atol=1e-12, rtol=1e-10)
+
+
+class _Inverse(torch.nn.Module):
+    def __init__(self, flow):
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, u):
+        return self.flow.inverse(u)
+
+
+def test_gradcheck_both_directions_and_double_backward(backend):
+    """In z and in a weight (through torch.func.functional_call), both directions, twice."""
+    device, _ = backend
+    flow = make_flow(4, device, torch.float64, n_blocks=1, hidden=3, scale="tanh")
+    z = torch.randn(3, 4, device=device, dtype=torch.float64, requires_grad=True)
+    w = flow.subnets[1][0].weight.detach().clone().requires_grad_()
+    for module, name in ((flow, "subnets.1.0.weight"), (_Inverse(flow), "flow.subnets.1.0.weight")):
+        def f(z, w, module=module, name=name):
+            return torch.func.functional_call(module, {name: w}, (z,))
+
+        assert torch.autograd.gradcheck(f, (z, w))
+        assert torch.autograd.gradgradcheck(f, (z, w))
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_logdet_is_log_abs_det_jacobian(backend, scale):
+    """The change of variables, eq. (2.7): logdet = log|det du/dz|, and the inverse's is its negative."""
+    device, _ = backend
+    flow = make_flow(6, device, scale=scale)
+    z = torch.randn(4, 6, device=device, dtype=torch.float64)
+    u, logdet = flow(z)
+    for row in range(4):
+        jac = torch.func.jacrev(lambda v: flow(v[None])[0][0])(z[row])
+        torch.testing.assert_close(logdet[row], torch.linalg.slogdet(jac).logabsdet, atol=1e-10, rtol=1e-10)
+    back, inv_logdet = flow.inverse(u)
+    torch.testing.assert_close(back, z, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(inv_logdet, -logdet, atol=1e-12, rtol=1e-12)
+
+
+def test_inverse_of_forward_in_float32_glf_size(backend):
+    device, _ = backend
+    flow = make_flow(64, device, torch.float32, n_blocks=4, hidden=64, std=0.1)
+    z = torch.randn(256, 64, device=device)
+    torch.testing.assert_close(flow.inverse(flow(z)[0])[0], z, atol=1e-5, rtol=1e-5)
+
+
+def test_a_fresh_flow_is_the_identity_and_log_prob_is_the_gaussian():
+    flow = CouplingFlow(10, seed=3)
+    z = torch.randn(5, 10)
+    u, logdet = flow(z)
+    assert torch.equal(logdet, torch.zeros(5))
+    assert torch.equal(u.sort(dim=1).values, z.sort(dim=1).values)  # only permuted
+    expect = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(dim=1)
+    torch.testing.assert_close(flow.log_prob(z), expect)
+
+
+def test_permutations_follow_the_seed():
+    a, b, c = CouplingFlow(8, seed=1), CouplingFlow(8, seed=1), CouplingFlow(8, seed=2)
+    assert torch.equal(a.perm1, b.perm1) and not torch.equal(a.perm1, c.perm1)
+    assert torch.equal(a.perm0[a.inv_perm0], torch.arange(8))
+
+
+def test_large_latents_use_per_coupling_ops():
+    flow = make_flow(130, dtype=torch.float32, n_blocks=1, hidden=8)
+    z = torch.randn(3, 130)
+    assert not flow.fused(z)
+    torch.testing.assert_close(flow.inverse(flow(z)[0])[0], z, atol=1e-5, rtol=1e-5)
+
+
+def test_sample_draws_from_the_generator():
+    flow = make_flow(6, dtype=torch.float32)
+    a = flow.sample(5, generator=torch.Generator().manual_seed(0))
+    b = flow.sample(5, generator=torch.Generator().manual_seed(0))
+    assert a.shape == (5, 6) and torch.equal(a, b)
+    assert flow.sample(0).shape == (0, 6)
+
+
+def test_an_overflowing_inverse_is_reported():
+    flow = CouplingFlow(4, n_blocks=1, scale="exp")
+    with torch.no_grad():
+        flow.subnets[1][-1].bias[:2] = -100.0  # log-scale -100: the inverse multiplies by e^100
+    with pytest.raises(FloatingPointError, match="inverse overflowed"):
+        flow.inverse(-torch.ones(2, 4))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (dict(dim=1), ValueError, "^dim must be >= 2"),
+        (dict(dim=4.0), TypeError, "^dim must be an int"),
+        (dict(dim=4, n_blocks=0), ValueError, "^n_blocks must be >= 1"),
+        (dict(dim=4, hidden=0), ValueError, "^hidden must be >= 1"),
+        (dict(dim=4, scale="softplus"), ValueError, "^scale must be one of"),
+        (dict(dim=4, activation="gelu"), ValueError, "^activation must be one of"),
+        (dict(dim=4, clamp=0.0), ValueError, "^clamp must be in"),
+        (dict(dim=4, seed=-1), ValueError, "^seed must be in"),
+    ],
+)
+def test_bad_construction_names_the_argument(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        CouplingFlow(**kwargs)
+
+
+def test_bad_input_names_the_argument():
+    flow = CouplingFlow(4)
+    with pytest.raises(ValueError, match=r"^z must have shape \(batch, 4\), got \(3, 5\)"):
+        flow(torch.zeros(3, 5))
+    with pytest.raises(ValueError, match=r"^u must have shape \(batch, 4\)"):
+        flow.inverse(torch.zeros(4))
+    with pytest.raises(TypeError, match="^z must have a dtype in"):
+        flow(torch.zeros(3, 4, dtype=torch.int64))
+    with pytest.raises(TypeError, match="dtype and device of the flow's parameters"):
+        flow(torch.zeros(3, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="^n must be >= 0"):
+        flow.sample(-1)
+    assert math.isfinite(float(flow.log_prob(torch.zeros(1, 4))))

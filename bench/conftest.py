@@ -27,6 +27,14 @@ def pytest_addoption(parser):
                     help="device of the benchmarked tensors; auto = cuda if available")
     group.addoption("--bench-backend", default="auto",
                     help="comma-separated dgm_fast backends to time, e.g. 'triton,cuda' (default: auto)")
+    group.addoption("--bench-threads", type=int, default=int(os.environ.get("DGM_BENCH_THREADS", "0")),
+                    help="torch.set_num_threads for the run; 0 (default) keeps torch's (also DGM_BENCH_THREADS)")
+
+
+def pytest_configure(config):
+    threads = config.getoption("--bench-threads", default=0)
+    if threads:
+        torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)
@@ -89,7 +97,8 @@ def measure(benchmark, bench_config):
     """
     cfg = bench_config
 
-    def run(fn, *, op: str, contender: str, size: int, dtype: torch.dtype, backend: str | None = None, **extra):
+    def run(fn, *, op: str, contender: str, size: int, dtype: torch.dtype, backend: str | None = None,
+            backend_op: str | None = None, **extra):
         def timed():
             fn()
             cfg.sync()
@@ -105,7 +114,7 @@ def measure(benchmark, bench_config):
             rounds = max(cfg.min_rounds, round(cfg.budget_s / (once * iterations)))
             # rows of a registered op record its backend; whole chains (sample_langevin) run the step op,
             # which resolve picks when given no op
-            step_op = op if op in {o.name for o in registered_ops()} else None
+            step_op = backend_op or (op if op in {o.name for o in registered_ops()} else None)
             benchmark.group = f"{op} size={size}"
             benchmark.extra_info.update(
                 op=op, contender=contender, size=size, dtype=str(dtype).removeprefix("torch."),

@@ -90,17 +90,19 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "coupling_flow_cpu",
       [](const at::Tensor& z, const Tensors& weights, const Tensors& biases, const Tensors& perms, at::Tensor& u,
-         at::Tensor& logdet, int64_t scale, double clamp, int64_t activation, bool inverse) {
-        dgm_fast::coupling_flow_cpu(z, weights, biases, perms, u, logdet, scale, clamp, activation, inverse);
+         at::Tensor& logdet, at::Tensor& saved, int64_t scale, double clamp, int64_t activation, bool inverse,
+         bool store_activations) {
+        dgm_fast::coupling_flow_cpu(z, weights, biases, perms, u, logdet, saved, scale, clamp, activation, inverse,
+                                    store_activations);
       },
       py::call_guard<py::gil_scoped_release>());
   m.def(
       "coupling_flow_backward_cpu",
-      [](const at::Tensor& grad_u, const at::Tensor& grad_logdet, const at::Tensor& z, const Tensors& weights,
+      [](const at::Tensor& grad_u, const at::Tensor& grad_logdet, const at::Tensor& saved, const Tensors& weights,
          const Tensors& biases, const Tensors& perms, at::Tensor& grad_z, const Tensors& grad_weights,
-         const Tensors& grad_biases, int64_t scale, double clamp, int64_t activation) {
-        dgm_fast::coupling_flow_backward_cpu(grad_u, grad_logdet, z, weights, biases, perms, grad_z, grad_weights,
-                                             grad_biases, scale, clamp, activation);
+         const Tensors& grad_biases, int64_t scale, double clamp, int64_t activation, bool store_activations) {
+        dgm_fast::coupling_flow_backward_cpu(grad_u, grad_logdet, saved, weights, biases, perms, grad_z,
+                                             grad_weights, grad_biases, scale, clamp, activation, store_activations);
       },
       py::call_guard<py::gil_scoped_release>());
   m.def("build_info", &build_info, "what this extension was compiled with");

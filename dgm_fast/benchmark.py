@@ -30,9 +30,12 @@ from dgm_fast.collect_env import cpu_model, git_state, version, versions
 # Rows that are not registered ops: the copy yardstick leads the table; whole
 # chains (sample_langevin) and anything else follow the registry's ops.
 LEADING_ROWS = ("copy",)
-CONTENDER_ORDER = ("dgm_fast", "eager", "compiled", "torch")
-HEADER = ("op", "size", "contender", "backend", "median", "vs eager", "vs compiled", "GB/s", "of copy")
+CONTENDER_ORDER = ("dgm_fast", "eager", "compiled", "freia", "normflows", "nflows", "zuko", "torch")
+HEADER = ("op", "size", "contender", "backend", "median", "vs eager", "vs compiled", "vs best", "GB/s", "of copy",
+          "GFLOP/s", "of GEMM")
 REQUIRES = {"pytest": "pytest", "pytest_benchmark": "pytest-benchmark"}  # module: distribution
+# the flow libraries of bench/peers/ (also in the bench extra): optional, their rows skip without them
+PEERS = {"FrEIA": "FrEIA", "normflows": "normflows", "nflows": "nflows", "zuko": "zuko"}
 
 
 def default_results_dir() -> Path:
@@ -59,6 +62,11 @@ def missing_requirements() -> str | None:
     checkout = bench_dir().parent
     return (f"dgm-fast bench needs {' and '.join(missing)}; install the bench extra: "
             f'pip install --no-build-isolation -e "{checkout}[bench]"')
+
+
+def missing_peers() -> list[str]:
+    """The peer libraries that are not installed (their benchmarks skip)."""
+    return [dist for module, dist in PEERS.items() if importlib.util.find_spec(module) is None]
 
 
 def resolve_device(device: str) -> str:
@@ -98,18 +106,29 @@ def table_rows(benchmarks: list[dict]) -> list[dict]:
     rows = [dict(b["extra_info"], median_s=b["stats"]["median"]) for b in benchmarks]
     for r in rows:
         r["gb_per_s"] = r["bytes"] / r["median_s"] / 1e9 if "bytes" in r else None
+        r["gflop_per_s"] = r["flops"] / r["median_s"] / 1e9 if "flops" in r else None
 
     def case(r):
         return r["device"], r["dtype"], r["size"]
 
     medians = {(r["op"], r["contender"], *case(r)): r["median_s"] for r in rows if r["contender"] != "dgm_fast"}
     copy_gbps = {case(r): r["gb_per_s"] for r in rows if r["op"] == "copy"}
+    # GEMM yardsticks (bench/test_coupling_bench.py): rows name theirs in "gemm_yardstick"
+    gemm_gflops = {(r["op"], *case(r)): r["gflop_per_s"]
+                   for r in rows if r["contender"] == "torch" and r["gflop_per_s"]}
     for r in rows:
         for other in ("eager", "compiled"):
             t = medians.get((r["op"], other, *case(r)))
             r[f"speedup_vs_{other}"] = t / r["median_s"] if r["contender"] == "dgm_fast" and t else None
+        # the fastest other contender of the same op and case: eager, compiled or a peer library
+        others = [(t, c) for (op, c, *k), t in medians.items() if op == r["op"] and tuple(k) == case(r)]
+        best = min(others) if r["contender"] == "dgm_fast" and others else None
+        r["best_other"] = best[1] if best else None
+        r["speedup_vs_best"] = best[0] / r["median_s"] if best else None
         copy = copy_gbps.get(case(r))
         r["copy_fraction"] = r["gb_per_s"] / copy if r["gb_per_s"] is not None and copy else None
+        gemm = gemm_gflops.get((r.get("gemm_yardstick"), *case(r)))
+        r["gemm_fraction"] = r["gflop_per_s"] / gemm if r["gflop_per_s"] is not None and gemm else None
     ops = op_order()
     return sorted(rows, key=lambda r: (
         _order(r["op"], ops), r["op"], r["size"], _order(r["contender"], CONTENDER_ORDER), r["backend"] or "",
@@ -136,7 +155,9 @@ def format_table(rows: list[dict]) -> str:
     cells = [
         (r["op"], _fmt_size(r["size"]), r["contender"], r["backend"] or "-", _fmt_time(r["median_s"]),
          _fmt(r["speedup_vs_eager"], "{:.2f}x"), _fmt(r["speedup_vs_compiled"], "{:.2f}x"),
-         _fmt(r["gb_per_s"], "{:.1f}"), _fmt(r["copy_fraction"], "{:.0%}"))
+         "-" if r["speedup_vs_best"] is None else f"{r['speedup_vs_best']:.2f}x {r['best_other']}",
+         _fmt(r["gb_per_s"], "{:.1f}"), _fmt(r["copy_fraction"], "{:.0%}"),
+         _fmt(r["gflop_per_s"], "{:.1f}"), _fmt(r["gemm_fraction"], "{:.0%}"))
         for r in rows
     ]
     widths = [max(map(len, col)) for col in zip(HEADER, *cells)]
@@ -200,6 +221,10 @@ def run_bench(
     missing = missing_requirements()
     if missing:
         raise ModuleNotFoundError(missing)
+    peers = missing_peers()
+    if peers:
+        print(f"note: {', '.join(peers)} not installed, their benchmarks are skipped; install the bench extra: "
+              f'pip install --no-build-isolation -e "{suite.parent}[bench]"', file=sys.stderr)
     device = resolve_device(device)
     out_dir = Path(results_dir) if results_dir is not None else default_results_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -229,7 +254,8 @@ def run_bench(
         "load_average": {"before": load_before, "after": load_after},
         "busy_warning": busy,
         "git": git,
-        "versions": {**versions(), "pytest_benchmark": version("pytest-benchmark")},
+        "versions": {**versions(), "pytest_benchmark": version("pytest-benchmark"),
+                     **{dist: version(dist) for dist in PEERS.values()}},
         "dgm_fast_backends": backends,
         "rows": rows,
         "pytest_benchmark": report,

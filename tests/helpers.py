@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from dgm_fast.coupling.functional import coupling_args
-from dgm_fast.coupling.reference import SCALES
+from dgm_fast.coupling.reference import SCALES, coupling_flow_reference
 from dgm_fast.langevin.functional import step_args
 
 # float32 kernels differ from the references by the rounding of log/sin/cos
@@ -126,21 +126,29 @@ FLOW_CONFIGS = [(7, 6, 2, 7, 2, "atan", 2.0, "relu"), (9, 5, 1, 3, 1, "exp", 2.0
 
 
 def _flow_samples(device, dtype) -> list[tuple]:
-    """(z, weights, biases, perms, scale, clamp, activation, inverse); the fused flow is float32/64 only."""
+    """(z, weights, biases, perms, scale, clamp, activation, inverse, store_activations); the fused
+    flow is float32/64 only."""
     if dtype not in (torch.float32, torch.float64):
         return []
     samples = []
     for i, (batch, dim, n_blocks, hidden, layers, scale, clamp, act) in enumerate(FLOW_CONFIGS):
         params = _flow_parameters(dim, n_blocks, hidden, layers, dtype, device, seed=i)
         for inverse in (False, True):
-            samples.append((make_tensor((batch, dim), dtype, device, seed=i), *params, scale, clamp, act, inverse))
+            z = make_tensor((batch, dim), dtype, device, seed=i)
+            samples.append((z, *params, scale, clamp, act, inverse, i % 2 == 0))
     return samples
 
 
 def _flow_backward_samples(device, dtype) -> list[tuple]:
-    """(grad_u, grad_logdet, z, weights, biases, perms, scale, clamp, activation): forward direction."""
-    return [(make_tensor(tuple(z.shape), dtype, device, seed=7), make_tensor(tuple(z.shape[:1]), dtype, device, seed=8),
-             z, *rest[:-1]) for z, *rest in _flow_samples(device, dtype) if not rest[-1]]
+    """(grad_u, grad_logdet, saved, weights, biases, perms, scale, clamp, activation, store_activations)
+    of the forward direction, ``saved`` from the reference."""
+    out = []
+    for z, *params, scale, clamp, act, inverse, store in _flow_samples(device, dtype):
+        if not inverse:
+            saved = coupling_flow_reference(z, *params, scale, clamp, act, False, store)[2]
+            grads = (make_tensor(tuple(z.shape), dtype, device, seed=7), make_tensor(tuple(z.shape[:1]), dtype, device, seed=8))
+            out.append((*grads, saved, *params, scale, clamp, act, store))
+    return out
 
 
 OP_SAMPLES = {

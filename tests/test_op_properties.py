@@ -369,10 +369,13 @@ def flow_valid(gradients: bool) -> Callable:
         # moderate values (so that no inverse overflows), non-finite ones planted
         spec = replace(spec, scale=draw(st.sampled_from([1.0, 1e-3, 3.0])),
                        specials=tuple((i, v) for i, v in spec.specials if not math.isfinite(v)))
-        kwargs = dict(scale=draw(st.sampled_from(SCALES)), clamp=draw(st.sampled_from([2.0, 0.5]) | st.floats(0.01, 100)),
-                      activation=draw(st.sampled_from(sorted(ACTIVATIONS))))
+        inverse = gradients is False and draw(st.booleans())
+        # an unbounded "exp" scale can overflow the inverse, which then raises (test_coupling_flow.py)
+        scales = [s for s in SCALES if not (inverse and s == "exp")]
+        kwargs = dict(scale=draw(st.sampled_from(scales)), clamp=draw(st.sampled_from([2.0, 0.5]) | st.floats(0.01, 100)),
+                      activation=draw(st.sampled_from(sorted(ACTIVATIONS))), recompute=draw(st.booleans()))
         args = (spec, dim, n_blocks, draw(st.integers(1, 9)), draw(st.integers(0, 2)), draw(st.integers(0, 2**31)),
-                gradients is False and draw(st.booleans()), gradients)
+                inverse, gradients)
         return Case(run_flow, args, kwargs)
 
     return cases
@@ -385,6 +388,7 @@ _BAD_FLOW_ARGS = {
     "n_hidden_layers": st.tuples(st.integers(max_value=-1), st.just(ValueError)),
     "scale": st.tuples(st.just("softplus"), st.just(ValueError)),
     "activation": st.tuples(st.just("gelu"), st.just(ValueError)),
+    "recompute": st.tuples(st.sampled_from([1, "no", None]), st.just(TypeError)),
     "clamp": st.tuples(st.floats(max_value=0.0) | st.sampled_from([math.inf, math.nan]), st.just(ValueError)),
     "z": st.sampled_from([((3, 5), torch.float32, ValueError), ((4,), torch.float32, ValueError),
                           ((3, 4), torch.int64, TypeError)]),

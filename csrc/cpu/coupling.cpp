@@ -41,6 +41,8 @@ DGM_INLINE double m_atan(double v) { return std::atan(v); }
 DGM_INLINE float m_tanh(float v) { return cpu::tanh_f(v); }
 DGM_INLINE double m_tanh(double v) { return std::tanh(v); }
 DGM_INLINE float m_log_sigmoid(float u) { return cpu::log_sigmoid_f(u); }
+DGM_INLINE float m_expm1(float v) { return cpu::exp_f(v) - 1.0f; }  // ELU's negative side: |error| < 1e-7
+DGM_INLINE double m_expm1(double v) { return std::expm1(v); }
 DGM_INLINE double m_log_sigmoid(double u) { return -(std::max(-u, 0.0) + std::log1p(std::exp(-std::abs(u)))); }
 
 // l = g(s) and g'(s) of scale S, as the reference evaluates them.
@@ -129,6 +131,35 @@ DGM_INLINE void backward_rows(const cpu::BackwardRows<T>& v, int64_t r0, int64_t
   }
 }
 
+// NaN passes through every branch, as through torch's activations.
+template <int kAct, typename T>
+DGM_INLINE void bias_activation(T* y, const T* bias, int64_t r0, int64_t r1, int64_t width) {
+  for (int64_t r = r0; r < r1; ++r) {
+    T* row = y + r * width;
+#pragma GCC ivdep
+    for (int64_t j = 0; j < width; ++j) {
+      const T v = row[j] + bias[j];
+      if constexpr (kAct == cpu::kRelu) row[j] = v < T(0) ? T(0) : v;
+      if constexpr (kAct == cpu::kLeakyRelu) row[j] = v < T(0) ? static_cast<T>(cpu::kLeakySlope) * v : v;
+      if constexpr (kAct == cpu::kTanhAct) row[j] = m_tanh(v);
+      if constexpr (kAct == cpu::kElu) row[j] = v < T(0) ? m_expm1(v) : v;
+      if constexpr (kAct == cpu::kIdentity) row[j] = v;
+    }
+  }
+}
+
+template <typename T>
+DGM_INLINE void bias_activation_any(T* y, const T* bias, int64_t r0, int64_t r1, int64_t width,
+                                    int64_t activation) {
+  switch (activation) {
+    case cpu::kRelu: return bias_activation<cpu::kRelu>(y, bias, r0, r1, width);
+    case cpu::kLeakyRelu: return bias_activation<cpu::kLeakyRelu>(y, bias, r0, r1, width);
+    case cpu::kTanhAct: return bias_activation<cpu::kTanhAct>(y, bias, r0, r1, width);
+    case cpu::kElu: return bias_activation<cpu::kElu>(y, bias, r0, r1, width);
+    default: return bias_activation<cpu::kIdentity>(y, bias, r0, r1, width);
+  }
+}
+
 template <int S, typename A>
 DGM_INLINE LogScale<S, A> log_scale(double clamp) {
   return {static_cast<A>(clamp), static_cast<A>(clamp * (2.0 / std::numbers::pi))};
@@ -179,6 +210,14 @@ DGM_DEFINE(float, float)
 DGM_DEFINE(double, double)
 DGM_DEFINE(at::BFloat16, float)
 DGM_DEFINE(at::Half, float)
+#undef DGM_DEFINE
+#define DGM_DEFINE(T)                                                                                     \
+  DGM_CLONES void cpu::bias_activation_rows(T* y, const T* bias, int64_t r0, int64_t r1, int64_t width,    \
+                                            int64_t activation) {                                         \
+    bias_activation_any(y, bias, r0, r1, width, activation);                                               \
+  }
+DGM_DEFINE(float)
+DGM_DEFINE(double)
 #undef DGM_DEFINE
 
 namespace {

@@ -12,16 +12,19 @@ namespace dgm_fast {
 // subnet of coupling c = 2 * block + half (half 0 maps z[:, split:] from
 // z[:, :split], half 1 the other way); perms[b] is block b's permutation.
 // `scale` indexes SCALES, `activation` ACTIVATIONS (relu, leaky_relu, tanh,
-// elu); float32/float64 CPU tensors, z contiguous (B, dim).
+// elu); float32/float64 CPU tensors, z contiguous (B, dim). The forward
+// direction also fills `saved` for the backward (empty for the inverse).
 void coupling_flow_cpu(const at::Tensor& z, at::TensorList weights, at::TensorList biases, at::TensorList perms,
-                       at::Tensor& u, at::Tensor& logdet, int64_t scale, double clamp, int64_t activation,
-                       bool inverse);
+                       at::Tensor& u, at::Tensor& logdet, at::Tensor& saved, int64_t scale, double clamp,
+                       int64_t activation, bool inverse, bool store_activations);
 
-// Gradients of the forward direction (u, logdet) = flow(z): recomputes the
-// activations block by block instead of storing them.
-void coupling_flow_backward_cpu(const at::Tensor& grad_u, const at::Tensor& grad_logdet, const at::Tensor& z,
+// Gradients of the forward direction (u, logdet) = flow(z) from the forward's
+// `saved` buffer: the blocks' inputs, then (with store_activations) every
+// coupling's subnet input and layer outputs; without them each block's
+// activations are recomputed from its input. Layout: dgm_fast/coupling/op.py.
+void coupling_flow_backward_cpu(const at::Tensor& grad_u, const at::Tensor& grad_logdet, const at::Tensor& saved,
                                 at::TensorList weights, at::TensorList biases, at::TensorList perms,
                                 at::Tensor& grad_z, at::TensorList grad_weights, at::TensorList grad_biases,
-                                int64_t scale, double clamp, int64_t activation);
+                                int64_t scale, double clamp, int64_t activation, bool store_activations);
 
 }  // namespace dgm_fast

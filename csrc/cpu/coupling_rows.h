@@ -38,6 +38,10 @@ struct BackwardRows {
   RowView<T> gx, gs, gt;
 };
 
+// The subnets' activations, in the order of ACTIVATIONS (dgm_fast/coupling/reference.py).
+enum Activation : int64_t { kRelu = 0, kLeakyRelu = 1, kTanhAct = 2, kElu = 3, kIdentity = 4 };
+constexpr double kLeakySlope = 0.01;  // nn.LeakyReLU's default
+
 // Rows [r0, r1) of d elements each; `scale` is a Scale, `clamp` > 0.
 #define DGM_DECLARE(T)                                                                              \
   void coupling_forward_rows(const ForwardRows<T>& v, int64_t r0, int64_t r1, int64_t d, int64_t scale, \
@@ -49,5 +53,10 @@ DGM_DECLARE(double)
 DGM_DECLARE(c10::BFloat16)
 DGM_DECLARE(c10::Half)
 #undef DGM_DECLARE
+
+// y[r, j] = activation(y[r, j] + bias[j]) for rows [r0, r1) of a contiguous (rows x width) y.
+void bias_activation_rows(float* y, const float* bias, int64_t r0, int64_t r1, int64_t width, int64_t activation);
+void bias_activation_rows(double* y, const double* bias, int64_t r0, int64_t r1, int64_t width,
+                          int64_t activation);
 
 }  // namespace dgm_fast::cpu

@@ -45,10 +45,17 @@ class CouplingFlow(nn.Module):
     ``dgm_fast.affine_coupling``); GLF uses ``"atan"`` with clamp 2 (FrEIA's
     soft clamp). Permutation ``b`` is drawn from ``seed + b``; the weights
     from torch's generator, as any ``nn.Module``'s.
+
+    Up to ``dim`` 128 each direction runs as one op, and the forward's
+    backward as one op too. That backward reads the subnets' activations,
+    which the forward keeps (at GLF's sizes a few MB: keeping them is cheaper
+    than the extra subnet passes that recomputing costs); ``recompute=True``
+    keeps only each block's input and recomputes the rest during backward.
     """
 
     def __init__(self, dim: int, n_blocks: int = 4, hidden: int = 64, n_hidden_layers: int = 2,
-                 scale: str = "atan", clamp: float = 2.0, activation: str = "relu", seed: int = 0):
+                 scale: str = "atan", clamp: float = 2.0, activation: str = "relu", seed: int = 0,
+                 recompute: bool = False):
         super().__init__()
         self.dim = _checks.integer("dim", dim, low=2)
         self.n_blocks = _checks.integer("n_blocks", n_blocks, low=1)
@@ -60,6 +67,9 @@ class CouplingFlow(nn.Module):
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         self.scale, self.clamp = scale, _checks.real("clamp", clamp, low=0.0, low_open=True, finite=True)
         self.activation = activation
+        if not isinstance(recompute, bool):
+            raise TypeError(f"recompute must be a bool, got {type(recompute).__name__}")
+        self.recompute = recompute
         seed = _checks.integer("seed", seed, low=0, high=2**63 - n_blocks)
         self.split = dim // 2
         d1, d2 = self.split, dim - self.split
@@ -96,8 +106,9 @@ class CouplingFlow(nn.Module):
         if (z.dtype, z.device) != (weight.dtype, weight.device):
             raise TypeError(f"the input must have the dtype and device of the flow's parameters "
                             f"({weight.dtype}, {weight.device}), got {z.dtype}, {z.device}")
-        return FLOW(z.contiguous(), [x.weight for x in layers], [x.bias for x in layers], perms,
-                    self.scale, self.clamp, self.activation, inverse)
+        u, logdet, _ = FLOW(z.contiguous(), [x.weight for x in layers], [x.bias for x in layers], perms,
+                            self.scale, self.clamp, self.activation, inverse, not self.recompute)
+        return u, logdet
 
     def _check_input(self, name: str, z) -> Tensor:
         _checks.dense_tensor(name, z)

@@ -77,35 +77,52 @@ FLOW_SCALARS = "str scale, float clamp, str activation"
 
 
 class FlowArgs(NamedTuple):
-    """The flow's scalars in the op's order (``inverse`` last, for the forward op only)."""
+    """The flow's scalars in the forward op's order."""
 
     scale: str
     clamp: float
     activation: str
-    inverse: bool = False
+    inverse: bool
+    store_activations: bool
 
 
-def _flow_kernel_scalars(scale: str, clamp: float, activation: str, *inverse) -> tuple:
-    return (SCALES.index(scale), clamp, list(ACTIVATIONS).index(activation), *inverse)
+def _codes(scale: str, clamp: float, activation: str) -> tuple:
+    return SCALES.index(scale), clamp, list(ACTIVATIONS).index(activation)
+
+
+def saved_size(z: Tensor, weights: list[Tensor], perms: list[Tensor], inverse: bool, store_activations: bool) -> int:
+    """Elements of the forward op's ``saved`` output (layout: ``coupling_flow_reference``)."""
+    if inverse:
+        return 0
+    rows, dim = z.shape
+    size = len(perms) * rows * dim
+    if store_activations:
+        n_layers = len(weights) // (2 * len(perms))
+        for c in range(2 * len(perms)):
+            cond_width = dim // 2 if c % 2 == 0 else dim - dim // 2
+            size += rows * (cond_width + sum(w.shape[0] for w in weights[c * n_layers:(c + 1) * n_layers]))
+    return size
 
 
 def _flow_setup_context(ctx, inputs, output):
     z, weights, biases, perms, *scalars = inputs
     ctx.args, ctx.sizes = FlowArgs(*scalars), (len(weights), len(biases), len(perms))
-    ctx.save_for_backward(z, *weights, *biases, *perms)
+    ctx.mark_non_differentiable(output[2])
+    ctx.save_for_backward(z, output[2], *weights, *biases, *perms)
 
 
-def _flow_backward(ctx, grad_u, grad_logdet):
-    z, *rest = ctx.saved_tensors
+def _flow_backward(ctx, grad_u, grad_logdet, _grad_saved):
+    z, saved, *rest = ctx.saved_tensors
     n_w, n_b, n_p = ctx.sizes
     weights, biases, perms = rest[:n_w], rest[n_w:n_w + n_b], rest[n_w + n_b:]
     if ctx.args.inverse or torch.is_grad_enabled():
         grads = _flow_grads_by_autograd(z, weights, biases, perms, grad_u, grad_logdet, ctx.args)
     else:
-        grads = FLOW_BACKWARD(grad_u.contiguous(), grad_logdet.contiguous(), z, weights, biases, perms,
-                              *ctx.args[:3])
+        a = ctx.args
+        grads = FLOW_BACKWARD(grad_u.contiguous(), grad_logdet.contiguous(), saved, weights, biases, perms,
+                              a.scale, a.clamp, a.activation, a.store_activations)
     grad_z, grad_w, grad_b = grads
-    return grad_z, list(grad_w), list(grad_b), [None] * n_p, None, None, None, None
+    return grad_z, list(grad_w), list(grad_b), [None] * n_p, None, None, None, None, None
 
 
 def _flow_grads_by_autograd(z, weights, biases, perms, grad_u, grad_logdet, args: FlowArgs):
@@ -119,7 +136,7 @@ def _flow_grads_by_autograd(z, weights, biases, perms, grad_u, grad_logdet, args
             if not v.requires_grad:
                 v.requires_grad_()
         n_w = len(weights)
-        out = coupling_flow_reference(leaves[0], leaves[1:1 + n_w], leaves[1 + n_w:], perms, *args)
+        out = coupling_flow_reference(leaves[0], leaves[1:1 + n_w], leaves[1 + n_w:], perms, *args)[:2]
         found = torch.autograd.grad(out, wanted, (grad_u, grad_logdet), create_graph=create_graph,
                                     allow_unused=True)
     by_id = {id(v): g for v, g in zip(wanted, found)}
@@ -128,36 +145,41 @@ def _flow_grads_by_autograd(z, weights, biases, perms, grad_u, grad_logdet, args
     return grads[0], grads[1:1 + n_w], grads[1 + n_w:]
 
 
-def _flow_backward_reference(grad_u, grad_logdet, z, weights, biases, perms, *args):
-    """The backward op's specification: reverse-mode autograd of the flow's reference. Inference
-    mode forbids autograd, so there it runs on clones outside it (results cloned back inside)."""
+def _flow_backward_reference(grad_u, grad_logdet, saved, weights, biases, perms, scale, clamp, activation,
+                             store_activations):
+    """The backward op's specification: reverse-mode autograd of the flow's reference from the input
+    it finds in ``saved`` (block 0's). Inference mode forbids autograd, so there it runs on clones
+    outside it, and clones the results back inside."""
+    z = saved[: grad_u.numel()].view(grad_u.shape)
+    args = FlowArgs(scale, clamp, activation, False, store_activations)
     if not torch.is_inference_mode_enabled():
-        return _flow_grads_by_autograd(z, weights, biases, perms, grad_u, grad_logdet, FlowArgs(*args))
+        return _flow_grads_by_autograd(z, weights, biases, perms, grad_u, grad_logdet, args)
     with torch.inference_mode(False):
         tensors = [t.clone() for t in (grad_u, grad_logdet, z)]
         lists = [[t.clone() for t in ts] for ts in (weights, biases, perms)]
-        grad_z, grad_w, grad_b = _flow_grads_by_autograd(tensors[2], *lists, *tensors[:2], FlowArgs(*args))
+        grad_z, grad_w, grad_b = _flow_grads_by_autograd(tensors[2], *lists, *tensors[:2], args)
     return grad_z.clone(), [g.clone() for g in grad_w], [g.clone() for g in grad_b]
 
 
-def _flow_outputs(z, *_):
-    return [empty_output(z), _logdet(z)]
+def _flow_outputs(z, weights, biases, perms, scale, clamp, activation, inverse, store_activations):
+    return [empty_output(z), _logdet(z), z.new_empty(saved_size(z, weights, perms, inverse, store_activations))]
 
 
-def _flow_backward_outputs(grad_u, grad_logdet, z, weights, biases, *_):
-    return [empty_output(z), [empty_output(w) for w in weights], [empty_output(b) for b in biases]]
+def _flow_backward_outputs(grad_u, grad_logdet, saved, weights, biases, *_):
+    return [empty_output(grad_u), [empty_output(w) for w in weights], [empty_output(b) for b in biases]]
 
 
 FLOW = FusedOp(
     "coupling", "coupling_flow",
-    f"(Tensor z, Tensor[] weights, Tensor[] biases, Tensor[] perms, {FLOW_SCALARS}, bool inverse) -> (Tensor, Tensor)",
-    reference=coupling_flow_reference, outputs=_flow_outputs, kernel_scalars=_flow_kernel_scalars,
+    f"(Tensor z, Tensor[] weights, Tensor[] biases, Tensor[] perms, {FLOW_SCALARS}, bool inverse, "
+    "bool store_activations) -> (Tensor, Tensor, Tensor)",
+    reference=coupling_flow_reference, outputs=_flow_outputs, kernel_scalars=lambda *a: (*_codes(*a[:3]), *a[3:]),
     setup_context=_flow_setup_context, backward=_flow_backward,
 )
 FLOW_BACKWARD = FusedOp(
     "coupling", "coupling_flow_backward",
-    "(Tensor grad_u, Tensor grad_logdet, Tensor z, Tensor[] weights, Tensor[] biases, Tensor[] perms, "
-    f"{FLOW_SCALARS}) -> (Tensor, Tensor[], Tensor[])",
-    reference=_flow_backward_reference,
-    outputs=_flow_backward_outputs, kernel_scalars=_flow_kernel_scalars,
+    "(Tensor grad_u, Tensor grad_logdet, Tensor saved, Tensor[] weights, Tensor[] biases, Tensor[] perms, "
+    f"{FLOW_SCALARS}, bool store_activations) -> (Tensor, Tensor[], Tensor[])",
+    reference=_flow_backward_reference, outputs=_flow_backward_outputs,
+    kernel_scalars=lambda *a: (*_codes(*a[:3]), *a[3:]),
 )

@@ -115,24 +115,31 @@ ACTIVATIONS = {"relu": F.relu, "leaky_relu": F.leaky_relu, "tanh": torch.tanh, "
 
 
 def coupling_flow_reference(z: Tensor, weights: list[Tensor], biases: list[Tensor], perms: list[Tensor],
-                            scale: str, clamp: float, activation: str, inverse: bool) -> tuple[Tensor, Tensor]:
-    """A whole ``CouplingFlow`` (§3.2, Figure 3.1(b)) from its parameters: ``(out, logdet)``.
+                            scale: str, clamp: float, activation: str, inverse: bool,
+                            store_activations: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """A whole ``CouplingFlow`` (§3.2, Figure 3.1(b)) from its parameters: ``(out, logdet, saved)``.
 
     Block ``b`` maps ``z = (z1, z2)`` (split at ``dim // 2``) by coupling ``2b``
     (``z2`` from ``z1``), then coupling ``2b + 1`` (``z1`` from the new
     ``z2``), then permutes columns by ``perms[b]``. Coupling ``c``'s subnet is
     ``Linear -> act -> ... -> Linear`` with layers ``weights[c * L + k]``,
     ``biases[c * L + k]``; its output holds ``s`` then ``t``. ``inverse`` runs
-    the blocks backwards.
+    the blocks backwards. ``saved`` is what the fused backward reads: for the
+    forward direction the blocks' inputs, then (``store_activations``) for
+    each coupling its subnet's input and every layer's output, all flattened
+    and concatenated; empty for the inverse.
     """
     n_layers = len(weights) // (2 * len(perms))
     split = z.shape[1] // 2
+    saved, activations = [], []
 
     def coupling(c: int, cond: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         h = cond
+        activations.append(cond)
         for k in range(n_layers):
             h = F.linear(h, weights[c * n_layers + k], biases[c * n_layers + k])
             h = ACTIVATIONS[activation](h) if k + 1 < n_layers else h
+            activations.append(h)
         s, t = h.chunk(2, dim=1)
         return affine_coupling_reference(x, s, t, scale, clamp, inverse)
 
@@ -141,6 +148,8 @@ def coupling_flow_reference(z: Tensor, weights: list[Tensor], biases: list[Tenso
     for b in reversed(blocks) if inverse else blocks:
         if inverse:
             z = z[:, torch.argsort(perms[b])]
+        else:
+            saved.append(z)
         z1, z2 = z[:, :split], z[:, split:]
         if inverse:
             z1, ld1 = coupling(2 * b + 1, z2, z1)
@@ -152,4 +161,7 @@ def coupling_flow_reference(z: Tensor, weights: list[Tensor], biases: list[Tenso
         if not inverse:
             z = z[:, perms[b]]
         logdet = logdet + ld2 + ld1
-    return z, logdet
+    if store_activations and not inverse:
+        saved += activations
+    # saved holds intermediate values, not a function to differentiate: like the op's, it is detached
+    return z, logdet, torch.cat([v.detach().reshape(-1) for v in saved]) if saved else z.new_empty(0)

@@ -17,6 +17,7 @@
 #include "cpu/langevin.h"
 #include "ops.h"
 #ifdef WITH_CUDA
+#include "cuda/coupling_cuda.h"
 #include "cuda/langevin_cuda.h"
 #endif
 
@@ -86,6 +87,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("affine_coupling_cpu", &dgm_fast::affine_coupling_cpu, py::call_guard<py::gil_scoped_release>());
   m.def("affine_coupling_backward_cpu", &dgm_fast::affine_coupling_backward_cpu,
         py::call_guard<py::gil_scoped_release>());
+#ifdef WITH_CUDA
+  m.def("affine_coupling_cuda", &dgm_fast::affine_coupling_cuda, py::call_guard<py::gil_scoped_release>());
+  m.def("affine_coupling_backward_cuda", &dgm_fast::affine_coupling_backward_cuda,
+        py::call_guard<py::gil_scoped_release>());
+#endif
   using Tensors = std::vector<at::Tensor>;
   m.def(
       "coupling_flow_cpu",

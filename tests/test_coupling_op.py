@@ -158,3 +158,17 @@ def test_bad_tensors_name_the_argument():
         dgm_fast.affine_coupling(x2.int(), x2, x2)
     with pytest.raises(TypeError, match="^s must be a torch.Tensor"):
         dgm_fast.affine_coupling(x2, [[0.0] * 3] * 2, x2)
+
+
+def test_sigmoid_scale_gradient_far_out_is_subnormal_not_zero(native):
+    """g'(s) = sigmoid(-(s + 2)) at s = 93.5 is about 3e-42 in float32: kept, an infinite upstream
+    gradient times it is infinite (torch's answer), where a zero would make NaN."""
+    device, _ = native
+    s = torch.tensor([[93.5, -93.5]], device=device, requires_grad=True)
+    x2 = torch.tensor([[math.inf, 1.0]], device=device)
+    y2, _ = dgm_fast.affine_coupling(x2, s, torch.zeros_like(x2), scale="sigmoid")
+    (grad_s,) = torch.autograd.grad(y2.sum(), s)
+    with dgm_fast.use_backend("reference"):
+        (expect,) = torch.autograd.grad(dgm_fast.affine_coupling(x2, s, torch.zeros_like(x2), scale="sigmoid")[0].sum(), s)
+    assert grad_s[0, 0] == math.inf
+    torch.testing.assert_close(grad_s, expect, atol=0, rtol=1e-5)

@@ -41,6 +41,15 @@ DGM_INLINE double m_atan(double v) { return std::atan(v); }
 DGM_INLINE float m_tanh(float v) { return cpu::tanh_f(v); }
 DGM_INLINE double m_tanh(double v) { return std::tanh(v); }
 DGM_INLINE float m_log_sigmoid(float u) { return cpu::log_sigmoid_f(u); }
+// sigmoid(v) from e^-|v|, which never overflows: far out it is subnormal, not 0 (torch's too)
+DGM_INLINE float m_sigmoid(float v) {
+  const float e = cpu::exp_f(-cpu::abs_f(v));
+  return cpu::select_f(v >= 0.0f, 1.0f / (1.0f + e), e / (1.0f + e));
+}
+DGM_INLINE double m_sigmoid(double v) {
+  const double e = std::exp(-std::abs(v));
+  return v >= 0.0 ? 1.0 / (1.0 + e) : e / (1.0 + e);
+}
 DGM_INLINE float m_expm1(float v) { return cpu::exp_f(v) - 1.0f; }  // ELU's negative side: |error| < 1e-7
 DGM_INLINE double m_expm1(double v) { return std::expm1(v); }
 DGM_INLINE double m_log_sigmoid(double u) { return -(std::max(-u, 0.0) + std::log1p(std::exp(-std::abs(u)))); }
@@ -67,7 +76,7 @@ struct LogScale {
       const A th = m_tanh(s / clamp);
       return A(1) - th * th;
     }
-    if constexpr (S == kSigmoid) return A(1) / (A(1) + m_exp(s + A(2)));  // sigmoid(-(s + 2))
+    if constexpr (S == kSigmoid) return m_sigmoid(-(s + A(2)));
   }
 };
 

@@ -45,7 +45,7 @@ def _logdet(x2: Tensor) -> Tensor:
 
 def _setup_context(ctx, inputs, output):
     x2, s, t, *scalars = inputs
-    ctx.args = CouplingArgs(*scalars)
+    ctx.args = CouplingArgs(*scalars[: len(CouplingArgs._fields)])  # the .backend overload adds one
     ctx.save_for_backward(x2, s, t)
 
 
@@ -106,7 +106,8 @@ def saved_size(z: Tensor, weights: list[Tensor], perms: list[Tensor], inverse: b
 
 def _flow_setup_context(ctx, inputs, output):
     z, weights, biases, perms, *scalars = inputs
-    ctx.args, ctx.sizes = FlowArgs(*scalars), (len(weights), len(biases), len(perms))
+    ctx.args = FlowArgs(*scalars[: len(FlowArgs._fields)])  # the .backend overload adds one
+    ctx.sizes = len(weights), len(biases), len(perms)
     ctx.mark_non_differentiable(output[2])
     ctx.save_for_backward(z, output[2], *weights, *biases, *perms)
 

@@ -157,6 +157,39 @@ DGM_INLINE void bias_activation(T* y, const T* bias, int64_t r0, int64_t r1, int
   }
 }
 
+// torch's threshold_backward / leaky_relu_backward / tanh_backward / elu_backward
+// (from the result), so NaN in `a` is treated alike; the bias gradient summed on the way.
+template <int kAct, typename T>
+DGM_INLINE void activation_backward(T* g, const T* a, T* grad_bias, int64_t rows, int64_t width) {
+  for (int64_t j = 0; j < width; ++j) grad_bias[j] = T(0);
+  for (int64_t r = 0; r < rows; ++r) {
+    T* gr = g + r * width;
+    const T* ar = a + r * width;
+#pragma GCC ivdep
+    for (int64_t j = 0; j < width; ++j) {
+      T v = gr[j];
+      if constexpr (kAct == cpu::kRelu) v = ar[j] <= T(0) ? T(0) : v;
+      if constexpr (kAct == cpu::kLeakyRelu) v = ar[j] > T(0) ? v : v * static_cast<T>(cpu::kLeakySlope);
+      if constexpr (kAct == cpu::kTanhAct) v = v * (T(1) - ar[j] * ar[j]);
+      if constexpr (kAct == cpu::kElu) v = ar[j] <= T(0) ? v * (ar[j] + T(1)) : v;
+      gr[j] = v;
+      grad_bias[j] += v;
+    }
+  }
+}
+
+template <typename T>
+DGM_INLINE void activation_backward_any(T* g, const T* a, T* grad_bias, int64_t rows, int64_t width,
+                                        int64_t activation) {
+  switch (activation) {
+    case cpu::kRelu: return activation_backward<cpu::kRelu>(g, a, grad_bias, rows, width);
+    case cpu::kLeakyRelu: return activation_backward<cpu::kLeakyRelu>(g, a, grad_bias, rows, width);
+    case cpu::kTanhAct: return activation_backward<cpu::kTanhAct>(g, a, grad_bias, rows, width);
+    case cpu::kElu: return activation_backward<cpu::kElu>(g, a, grad_bias, rows, width);
+    default: return activation_backward<cpu::kIdentity>(g, a, grad_bias, rows, width);
+  }
+}
+
 template <typename T>
 DGM_INLINE void bias_activation_any(T* y, const T* bias, int64_t r0, int64_t r1, int64_t width,
                                     int64_t activation) {
@@ -224,6 +257,14 @@ DGM_DEFINE(at::Half, float)
   DGM_CLONES void cpu::bias_activation_rows(T* y, const T* bias, int64_t r0, int64_t r1, int64_t width,    \
                                             int64_t activation) {                                         \
     bias_activation_any(y, bias, r0, r1, width, activation);                                               \
+  }
+DGM_DEFINE(float)
+DGM_DEFINE(double)
+#undef DGM_DEFINE
+#define DGM_DEFINE(T)                                                                                       \
+  DGM_CLONES void cpu::activation_backward_rows(T* g, const T* a, T* grad_bias, int64_t rows, int64_t width, \
+                                                int64_t activation) {                                       \
+    activation_backward_any(g, a, grad_bias, rows, width, activation);                                       \
   }
 DGM_DEFINE(float)
 DGM_DEFINE(double)

@@ -72,16 +72,6 @@ struct Flow {
   int64_t cond_width(int64_t c) const { return c % 2 == 0 ? split : dim - split; }
 };
 
-// g * act'(.) from the activation's output a.
-at::Tensor activation_backward(const Flow& f, const at::Tensor& g, const at::Tensor& a) {
-  switch (f.activation) {
-    case kRelu: return at::threshold_backward(g, a, 0);
-    case kLeakyRelu: return at::leaky_relu_backward(g, a, kLeakySlope, /*self_is_result=*/true);
-    case kTanhAct: return at::tanh_backward(g, a);
-    default: return at::elu_backward(g, 1.0, 1.0, 1.0, /*is_result=*/true, a);
-  }
-}
-
 template <typename T>
 cpu::RowView<T> columns(const at::Tensor& m, int64_t begin) {
   return {const_cast<T*>(m.const_data_ptr<T>()) + begin, m.stride(0)};
@@ -159,14 +149,19 @@ std::vector<at::Tensor> couple(const Flow& f, int64_t c, at::Tensor& cur, at::Te
   return acts;
 }
 
-// The gradient of subnet c's input from that of its output; writes its parameters' gradients.
+// The gradient of subnet c's input from that of its output (contiguous, overwritten); writes its
+// parameters' gradients.
+template <typename T>
 at::Tensor subnet_backward(const Flow& f, int64_t c, const std::vector<at::Tensor>& acts, at::Tensor g,
                            at::TensorList grad_weights, at::TensorList grad_biases) {
   for (int64_t k = f.n_layers - 1; k >= 0; --k) {
-    if (k + 1 < f.n_layers) g = activation_backward(f, g, acts[k + 1]);
     at::Tensor gw = grad_weights[c * f.n_layers + k], gb = grad_biases[c * f.n_layers + k];
+    TORCH_CHECK(gb.is_contiguous() && gb.numel() == g.size(1), "coupling_flow_backward: bias gradient ", k,
+                " of coupling ", c, " must be contiguous with ", g.size(1), " elements");
+    // through the activation (none after the last layer) and into the bias gradient, in one pass
+    cpu::activation_backward_rows(g.data_ptr<T>(), acts[k + 1].const_data_ptr<T>(), gb.data_ptr<T>(), g.size(0),
+                                  g.size(1), k + 1 < f.n_layers ? f.activation : cpu::kIdentity);
     at::mm_out(gw, g.t(), acts[k]);
-    at::sum_out(gb, g, 0);
     g = at::mm(g, f.weight(c, k));
   }
   return g;
@@ -239,7 +234,7 @@ void flow_backward(const Flow& f, const at::Tensor& grad_u, const at::Tensor& gr
         cpu::coupling_backward_rows(v, r0, r1, dx, f.scale, f.clamp, false);
       });
       g.narrow(1, f.cond_begin(c), f.cond_width(c))
-          .add_(subnet_backward(f, c, acts[half], grad_h, grad_weights, grad_biases));
+          .add_(subnet_backward<T>(f, c, acts[half], grad_h, grad_weights, grad_biases));
     }
   }
   grad_z.copy_(g);

@@ -54,6 +54,14 @@ DGM_DECLARE(c10::BFloat16)
 DGM_DECLARE(c10::Half)
 #undef DGM_DECLARE
 
+// For a layer's output a (rows x width, after the activation) and the gradient g
+// of a: g *= activation'(.) (read from a; kIdentity leaves g), and
+// grad_bias[j] = sum_r g[r, j]. Torch's activation backward formulas, NaN included.
+void activation_backward_rows(float* g, const float* a, float* grad_bias, int64_t rows, int64_t width,
+                              int64_t activation);
+void activation_backward_rows(double* g, const double* a, double* grad_bias, int64_t rows, int64_t width,
+                              int64_t activation);
+
 // y[r, j] = activation(y[r, j] + bias[j]) for rows [r0, r1) of a contiguous (rows x width) y.
 void bias_activation_rows(float* y, const float* bias, int64_t r0, int64_t r1, int64_t width, int64_t activation);
 void bias_activation_rows(double* y, const double* bias, int64_t r0, int64_t r1, int64_t width,

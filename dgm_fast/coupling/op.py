@@ -109,11 +109,14 @@ def _flow_setup_context(ctx, inputs, output):
     ctx.args = FlowArgs(*scalars[: len(FlowArgs._fields)])  # the .backend overload adds one
     ctx.sizes = len(weights), len(biases), len(perms)
     ctx.mark_non_differentiable(output[2])
+    ctx.set_materialize_grads(False)  # else autograd fills a zero gradient as large as `saved` every step
     ctx.save_for_backward(z, output[2], *weights, *biases, *perms)
 
 
 def _flow_backward(ctx, grad_u, grad_logdet, _grad_saved):
     z, saved, *rest = ctx.saved_tensors
+    grad_u = torch.zeros_like(z) if grad_u is None else grad_u
+    grad_logdet = z.new_zeros(z.shape[:1]) if grad_logdet is None else grad_logdet
     n_w, n_b, n_p = ctx.sizes
     weights, biases, perms = rest[:n_w], rest[n_w:n_w + n_b], rest[n_w + n_b:]
     if ctx.args.inverse or torch.is_grad_enabled():

@@ -190,3 +190,17 @@ def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match="^n must be >= 0"):
         flow.sample(-1)
     assert math.isfinite(float(flow.log_prob(torch.zeros(1, 4))))
+
+
+def test_the_op_rejects_a_permutation_that_is_not_one():
+    """The op is reachable without the module: its kernel checks what its raw loops rely on."""
+    flow = make_flow(4, dtype=torch.float32, n_blocks=1)
+    layers = [layer for subnet in flow.subnets for layer in subnet]
+    weights, biases = [x.weight.detach() for x in layers], [x.bias.detach() for x in layers]
+    for perm in (torch.tensor([0, 0, 1, 2]), torch.tensor([0, 1, 2, 7])):
+        with pytest.raises(RuntimeError, match="permutation"):
+            torch.ops.dgm_fast.coupling_flow(torch.zeros(2, 4), weights, biases, [perm], "atan", 2.0, "relu",
+                                             True, True)
+    with pytest.raises(RuntimeError, match="layer 0 of coupling 0"):
+        torch.ops.dgm_fast.coupling_flow(torch.zeros(2, 4), weights[::-1], biases, [flow.perm0], "atan", 2.0,
+                                         "relu", False, True)

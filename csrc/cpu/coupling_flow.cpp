@@ -167,8 +167,20 @@ at::Tensor subnet_backward(const Flow& f, int64_t c, const std::vector<at::Tenso
   return g;
 }
 
+// inv[perm[j]] = j, checking that perm is a permutation (a plain loop: the
+// dispatcher's scatter and arange cost more than the work on a 64-vector).
 at::Tensor inverse_permutation(const at::Tensor& perm) {
-  return at::empty_like(perm).scatter_(0, perm, at::arange(perm.numel(), perm.options()));
+  const at::Tensor p = perm.contiguous();
+  const int64_t n = p.numel();
+  at::Tensor inv = at::full({n}, -1, p.options());
+  const int64_t* pp = p.const_data_ptr<int64_t>();
+  int64_t* ip = inv.data_ptr<int64_t>();
+  for (int64_t j = 0; j < n; ++j) {
+    TORCH_CHECK(pp[j] >= 0 && pp[j] < n && ip[pp[j]] < 0, "coupling_flow: perms must be permutations of 0..",
+                n - 1, ", got ", pp[j], " at ", j);
+    ip[pp[j]] = j;
+  }
+  return inv;
 }
 
 template <typename T>

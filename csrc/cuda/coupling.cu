@@ -24,12 +24,15 @@
 // compute: float32 and the 16-bit types, rounded once at the store) or exp /
 // atan / tanh / log1p (double); no fast-math intrinsics.
 #include "coupling.cuh"
+#include "rounded.cuh"
 
 #include <algorithm>
 #include <type_traits>
 
 namespace dgm_fast {
 namespace {
+
+using namespace rounded;  // acc_t, widen, narrow, mul_rn & co.
 
 constexpr int kBlock = 256;
 constexpr int kLog2Block = 8;
@@ -38,10 +41,6 @@ constexpr int kLog2Warp = 5;
 constexpr int kPacksPerThread = 2;
 constexpr int64_t kMaxBlocks = int64_t{1} << 20;  // beyond, blocks loop (grid stride)
 constexpr double kTwoOverPi = 0.63661977236758134308;  // fl64(2/pi), the reference's 2.0 / math.pi
-
-// Compute precision: double stays, the others work in float (as the reference).
-template <typename T>
-using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 // 16 bytes of consecutive elements: one vector load or store.
 template <typename T>
@@ -53,38 +52,6 @@ struct alignas(16) Pack {
 // Element functions are host-device: tests run them on the host against the
 // reference (expressions and special values; the host's libm stands in for CUDA's).
 #define DGM_COUPLING_HD __host__ __device__ __forceinline__
-
-DGM_COUPLING_HD float widen(float v) { return v; }
-DGM_COUPLING_HD double widen(double v) { return v; }
-DGM_COUPLING_HD float widen(__half v) { return __half2float(v); }
-DGM_COUPLING_HD float widen(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-DGM_COUPLING_HD void narrow(float v, float& d) { d = v; }
-DGM_COUPLING_HD void narrow(double v, double& d) { d = v; }
-DGM_COUPLING_HD void narrow(float v, __half& d) { d = __float2half_rn(v); }
-DGM_COUPLING_HD void narrow(float v, __nv_bfloat16& d) { d = __float2bfloat16_rn(v); }
-
-// Explicitly rounded arithmetic: no FMA contraction, so every product and sum
-// rounds as the reference's (on the host, builds contract nothing here).
-#if defined(__CUDA_ARCH__)
-#define DGM_RN(f32, f64, op)                                       \
-  DGM_COUPLING_HD float op(float a, float b) { return f32(a, b); } \
-  DGM_COUPLING_HD double op(double a, double b) { return f64(a, b); }
-DGM_RN(__fmul_rn, __dmul_rn, mul)
-DGM_RN(__fadd_rn, __dadd_rn, add)
-DGM_RN(__fsub_rn, __dsub_rn, sub)
-DGM_RN(__fdiv_rn, __ddiv_rn, div)
-#undef DGM_RN
-#else
-template <typename A>
-DGM_COUPLING_HD A mul(A a, A b) { return a * b; }
-template <typename A>
-DGM_COUPLING_HD A add(A a, A b) { return a + b; }
-template <typename A>
-DGM_COUPLING_HD A sub(A a, A b) { return a - b; }
-template <typename A>
-DGM_COUPLING_HD A div(A a, A b) { return a / b; }
-#endif
 
 // CUDA's accurate math library (within 2 ulp), not the __expf-style intrinsics.
 DGM_COUPLING_HD float m_abs(float v) { return fabsf(v); }
@@ -103,7 +70,7 @@ DGM_COUPLING_HD double m_log1p(double v) { return log1p(v); }
 template <typename A>
 DGM_COUPLING_HD A log_sigmoid(A u) {
   const A neg = u < A(0) ? -u : A(0);
-  return -add(neg, m_log1p(m_exp(-m_abs(u))));
+  return -add_rn(neg, m_log1p(m_exp(-m_abs(u))));
 }
 
 // l = g(s) of scale S and g'(s), in the reference's order of operations.
@@ -115,11 +82,11 @@ struct LogScale {
     if constexpr (S == kCouplingExp) {
       return s;
     } else if constexpr (S == kCouplingAtan) {
-      return mul(gain, m_atan(div(s, clamp)));
+      return mul_rn(gain, m_atan(div_rn(s, clamp)));
     } else if constexpr (S == kCouplingTanh) {
-      return mul(clamp, m_tanh(div(s, clamp)));
+      return mul_rn(clamp, m_tanh(div_rn(s, clamp)));
     } else {
-      return log_sigmoid(add(s, A(2)));
+      return log_sigmoid(add_rn(s, A(2)));
     }
   }
 
@@ -129,20 +96,20 @@ struct LogScale {
       l = s;
       dl = A(1);
     } else if constexpr (S == kCouplingAtan) {
-      const A q = div(s, clamp);
-      l = mul(gain, m_atan(q));
+      const A q = div_rn(s, clamp);
+      l = mul_rn(gain, m_atan(q));
       // the reference's TWO_OVER_PI / (1 + q^2) is torch's reciprocal(1 + q^2) * TWO_OVER_PI
-      dl = mul(div(A(1), add(mul(q, q), A(1))), static_cast<A>(kTwoOverPi));
+      dl = mul_rn(div_rn(A(1), add_rn(mul_rn(q, q), A(1))), static_cast<A>(kTwoOverPi));
     } else if constexpr (S == kCouplingTanh) {
-      const A th = m_tanh(div(s, clamp));
-      l = mul(clamp, th);
-      dl = sub(A(1), mul(th, th));
+      const A th = m_tanh(div_rn(s, clamp));
+      l = mul_rn(clamp, th);
+      dl = sub_rn(A(1), mul_rn(th, th));
     } else {
-      const A u = add(s, A(2));
+      const A u = add_rn(s, A(2));
       l = log_sigmoid(u);
       // sigmoid(-u) from e^-|u|, which never overflows: far out it is subnormal, not 0 (as torch's)
       const A e = m_exp(-m_abs(u));
-      dl = u <= A(0) ? div(A(1), add(e, A(1))) : div(e, add(e, A(1)));
+      dl = u <= A(0) ? div_rn(A(1), add_rn(e, A(1))) : div_rn(e, add_rn(e, A(1)));
     }
   }
 };
@@ -151,7 +118,7 @@ struct LogScale {
 template <int S, typename A>
 DGM_COUPLING_HD A forward_element(A x, A s, A t, bool inverse, const LogScale<S, A>& g, A& l) {
   l = g.value(s);
-  return inverse ? mul(sub(x, t), m_exp(-l)) : add(mul(x, m_exp(l)), t);
+  return inverse ? mul_rn(sub_rn(x, t), m_exp(-l)) : add_rn(mul_rn(x, m_exp(l)), t);
 }
 
 // The three gradients of one element (t is read by the inverse only).
@@ -162,15 +129,15 @@ DGM_COUPLING_HD void backward_element(A gy, A gl, A x, A s, A t, bool inverse,
   g.value_and_derivative(s, l, dl);
   if (inverse) {
     const A e = m_exp(-l);
-    gx = mul(gy, e);
+    gx = mul_rn(gy, e);
     gt = -gx;
     // gy * y2 with y2 = (x2 - t) e^-l, in autograd's order: (gy * (x2 - t)) * e
-    gs = mul(-add(mul(mul(gy, sub(x, t)), e), gl), dl);
+    gs = mul_rn(-add_rn(mul_rn(mul_rn(gy, sub_rn(x, t)), e), gl), dl);
   } else {
     const A e = m_exp(l);
-    gx = mul(gy, e);
+    gx = mul_rn(gy, e);
     gt = gy;
-    gs = mul(add(mul(mul(gy, x), e), gl), dl);
+    gs = mul_rn(add_rn(mul_rn(mul_rn(gy, x), e), gl), dl);
   }
 }
 
@@ -182,7 +149,7 @@ template <typename A>
 __device__ __forceinline__ A row_sum(A v, int tpr_log2, A* warp_sums) {
   const int width = 1 << (tpr_log2 < kLog2Warp ? tpr_log2 : kLog2Warp);
   for (int offset = width >> 1; offset > 0; offset >>= 1) {
-    v = add(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    v = add_rn(v, __shfl_xor_sync(0xffffffffu, v, offset));
   }
   if (tpr_log2 > kLog2Warp) {
     const int warp = static_cast<int>(threadIdx.x) >> kLog2Warp;
@@ -191,7 +158,7 @@ __device__ __forceinline__ A row_sum(A v, int tpr_log2, A* warp_sums) {
     const int warps_per_row = 1 << (tpr_log2 - kLog2Warp);
     const int first = warp & ~(warps_per_row - 1);
     v = warp_sums[first];
-    for (int w = 1; w < warps_per_row; ++w) v = add(v, warp_sums[first + w]);
+    for (int w = 1; w < warps_per_row; ++w) v = add_rn(v, warp_sums[first + w]);
     __syncthreads();  // warp_sums is reused by the next row group
   }
   return v;
@@ -228,7 +195,7 @@ __global__ void __launch_bounds__(kBlock)
             A l;
             narrow(forward_element(widen(xp.v[k]), widen(sp.v[k]), widen(tp.v[k]), inverse, g, l),
                    yp.v[k]);
-            part = add(part, l);
+            part = add_rn(part, l);
           }
           *reinterpret_cast<Pack<T>*>(y2 + base + j) = yp;
         }
@@ -236,7 +203,7 @@ __global__ void __launch_bounds__(kBlock)
         for (int64_t j = base + lane, end = base + cols; j < end; j += tpr) {
           A l;
           narrow(forward_element(widen(x2[j]), widen(s[j]), widen(t[j]), inverse, g, l), y2[j]);
-          part = add(part, l);
+          part = add_rn(part, l);
         }
       }
     }

@@ -9,16 +9,15 @@
 #include <type_traits>
 
 #include "philox.h"
+#include "rounded.cuh"
 
 namespace dgm_fast {
 namespace {
 
+using namespace rounded;  // acc_t, widen, narrow, mul_rn & co.
+
 constexpr int kBlock = 256;
 constexpr int64_t kMaxBlocks = int64_t{1} << 20;  // beyond, threads loop (grid stride)
-
-// Compute precision: double stays, the others work in float (as the reference).
-template <typename T>
-using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 template <typename acc>
 struct Coefs {
@@ -30,38 +29,6 @@ template <typename T>
 struct alignas(4 * sizeof(T)) Quad {
   T v[4];
 };
-
-__device__ __forceinline__ float widen(float v) { return v; }
-__device__ __forceinline__ double widen(double v) { return v; }
-__device__ __forceinline__ float widen(__half v) { return __half2float(v); }
-__device__ __forceinline__ float widen(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-__device__ __forceinline__ void narrow(float v, float& d) { d = v; }
-__device__ __forceinline__ void narrow(double v, double& d) { d = v; }
-__device__ __forceinline__ void narrow(float v, __half& d) { d = __float2half_rn(v); }
-__device__ __forceinline__ void narrow(float v, __nv_bfloat16& d) { d = __float2bfloat16_rn(v); }
-
-// Explicitly rounded arithmetic: no FMA contraction, so the deterministic part
-// rounds each product and sum exactly as the reference does. The products also
-// build on the host, where tests run the noise (box_muller) against the reference.
-DGM_HD float mul_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-DGM_HD double mul_rn(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
-__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
-__device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
-__device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
 
 // min(max(v, lo), hi) as torch.clamp; NaN compares false and passes through.
 template <typename acc>

@@ -86,8 +86,9 @@ class FlowArgs(NamedTuple):
     store_activations: bool
 
 
-def _codes(scale: str, clamp: float, activation: str) -> tuple:
-    return SCALES.index(scale), clamp, list(ACTIVATIONS).index(activation)
+def _flow_kernel_scalars(scale: str, clamp: float, activation: str, *flags: bool) -> tuple:
+    """The kernels' codes of scale and activation (indices in SCALES, ACTIVATIONS), then the flags."""
+    return SCALES.index(scale), clamp, list(ACTIVATIONS).index(activation), *flags
 
 
 def saved_size(z: Tensor, weights: list[Tensor], perms: list[Tensor], inverse: bool, store_activations: bool) -> int:
@@ -177,7 +178,7 @@ FLOW = FusedOp(
     "coupling", "coupling_flow",
     f"(Tensor z, Tensor[] weights, Tensor[] biases, Tensor[] perms, {FLOW_SCALARS}, bool inverse, "
     "bool store_activations) -> (Tensor, Tensor, Tensor)",
-    reference=coupling_flow_reference, outputs=_flow_outputs, kernel_scalars=lambda *a: (*_codes(*a[:3]), *a[3:]),
+    reference=coupling_flow_reference, outputs=_flow_outputs, kernel_scalars=_flow_kernel_scalars,
     setup_context=_flow_setup_context, backward=_flow_backward,
 )
 FLOW_BACKWARD = FusedOp(
@@ -185,5 +186,5 @@ FLOW_BACKWARD = FusedOp(
     "(Tensor grad_u, Tensor grad_logdet, Tensor saved, Tensor[] weights, Tensor[] biases, Tensor[] perms, "
     f"{FLOW_SCALARS}, bool store_activations) -> (Tensor, Tensor[], Tensor[])",
     reference=_flow_backward_reference, outputs=_flow_backward_outputs,
-    kernel_scalars=lambda *a: (*_codes(*a[:3]), *a[3:]),
+    kernel_scalars=_flow_kernel_scalars,
 )

@@ -32,6 +32,16 @@ inline at::Tensor empty_output(int64_t n, const at::TensorOptions& options) {
   return poisoned(at::empty({n}, options));
 }
 
+// Where a kernel writes `out`: out itself if contiguous, else a contiguous
+// buffer that write_back copies into out (the kernels index row-major).
+inline at::Tensor contiguous_buffer(const at::Tensor& out) {
+  return out.is_contiguous() ? out : empty_output(out, at::MemoryFormat::Contiguous);
+}
+
+inline void write_back(at::Tensor& out, const at::Tensor& buf) {
+  if (!buf.is_same(out)) out.copy_(buf);
+}
+
 // The seed of a noise op: `seed_tensor` (drawn from torch's generator for
 // seed=None, so that torch.compile can trace the draw) overrides `seed`.
 inline uint64_t noise_seed(int64_t seed, const std::optional<at::Tensor>& seed_tensor) {

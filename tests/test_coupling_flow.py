@@ -136,7 +136,9 @@ def test_permutations_follow_the_seed():
 
 
 def test_large_latents_use_per_coupling_ops():
-    flow = make_flow(130, dtype=torch.float32, n_blocks=1, hidden=8)
+    # weights of std 0.1 as at GLF size: the float32 round trip's error grows with the scales
+    # e^{+-l}, and at std 0.4 even the reference misses 1e-5 here (5.7e-5 with AMD's MKL)
+    flow = make_flow(130, dtype=torch.float32, n_blocks=1, hidden=8, std=0.1)
     z = torch.randn(3, 130)
     assert not flow.fused(z)
     torch.testing.assert_close(flow.inverse(flow(z)[0])[0], z, atol=1e-5, rtol=1e-5)

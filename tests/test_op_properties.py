@@ -370,8 +370,10 @@ def flow_valid(gradients: bool) -> Callable:
         spec = replace(spec, scale=draw(st.sampled_from([1.0, 1e-3, 3.0])),
                        specials=tuple((i, v) for i, v in spec.specials if not math.isfinite(v)))
         inverse = gradients is False and draw(st.booleans())
-        # an unbounded "exp" scale can overflow the inverse, which then raises (test_coupling_flow.py)
-        scales = [s for s in SCALES if not (inverse and s == "exp")]
+        # the inverse's factor e^-l is unbounded for "exp" and "sigmoid" (l = log sigmoid(s + 2) < 0):
+        # it can overflow, which raises (test_coupling_flow.py), or reach 1e30 where (x - t) cancels and
+        # float32 results of two correct summation orders differ in the fifth digit
+        scales = [s for s in SCALES if not (inverse and s in ("exp", "sigmoid"))]
         kwargs = dict(scale=draw(st.sampled_from(scales)), clamp=draw(st.sampled_from([2.0, 0.5]) | st.floats(0.01, 100)),
                       activation=draw(st.sampled_from(sorted(ACTIVATIONS))), recompute=draw(st.booleans()))
         args = (spec, dim, n_blocks, draw(st.integers(1, 9)), draw(st.integers(0, 2)), draw(st.integers(0, 2**31)),

@@ -17,11 +17,9 @@
 #include <numbers>
 #include <tuple>
 
+#include "cpu/coupling_math.h"
 #include "cpu/coupling_rows.h"
-#include "cpu/vec_math.h"
 #include "ops.h"
-
-#define DGM_INLINE inline __attribute__((always_inline))
 
 namespace dgm_fast {
 namespace {
@@ -30,55 +28,11 @@ using cpu::kAtan;
 using cpu::kExp;
 using cpu::kSigmoid;
 using cpu::kTanh;
+using cpu::LogScale;
+using cpu::m_exp;
 constexpr int64_t kTile = 256;    // elements of a row per pass: l, e stay in L1
 constexpr int kLanes = 16;        // partial sums of a row: a vectorizable reduction
 constexpr int64_t kGrain = 1 << 15;  // elements per parallel task
-
-DGM_INLINE float m_exp(float v) { return cpu::exp_f(v); }
-DGM_INLINE double m_exp(double v) { return std::exp(v); }
-DGM_INLINE float m_atan(float v) { return cpu::atan_f(v); }
-DGM_INLINE double m_atan(double v) { return std::atan(v); }
-DGM_INLINE float m_tanh(float v) { return cpu::tanh_f(v); }
-DGM_INLINE double m_tanh(double v) { return std::tanh(v); }
-DGM_INLINE float m_log_sigmoid(float u) { return cpu::log_sigmoid_f(u); }
-// sigmoid(v) from e^-|v|, which never overflows: far out it is subnormal, not 0 (torch's too)
-DGM_INLINE float m_sigmoid(float v) {
-  const float e = cpu::exp_f(-cpu::abs_f(v));
-  return cpu::select_f(v >= 0.0f, 1.0f / (1.0f + e), e / (1.0f + e));
-}
-DGM_INLINE double m_sigmoid(double v) {
-  const double e = std::exp(-std::abs(v));
-  return v >= 0.0 ? 1.0 / (1.0 + e) : e / (1.0 + e);
-}
-DGM_INLINE float m_expm1(float v) { return cpu::exp_f(v) - 1.0f; }  // ELU's negative side: |error| < 1e-7
-DGM_INLINE double m_expm1(double v) { return std::expm1(v); }
-DGM_INLINE double m_log_sigmoid(double u) { return -(std::max(-u, 0.0) + std::log1p(std::exp(-std::abs(u)))); }
-
-// l = g(s) and g'(s) of scale S, as the reference evaluates them.
-template <int S, typename A>
-struct LogScale {
-  A clamp, atan_gain;  // clamp; clamp * 2/pi rounded once (the reference's Python product)
-  static constexpr A kTwoOverPi = static_cast<A>(2.0 / std::numbers::pi);
-
-  DGM_INLINE A value(A s) const {
-    if constexpr (S == kExp) return s;
-    if constexpr (S == kAtan) return atan_gain * m_atan(s / clamp);
-    if constexpr (S == kTanh) return clamp * m_tanh(s / clamp);
-    if constexpr (S == kSigmoid) return m_log_sigmoid(s + A(2));
-  }
-  DGM_INLINE A derivative(A s) const {
-    if constexpr (S == kExp) return A(1);
-    if constexpr (S == kAtan) {
-      const A q = s / clamp;
-      return A(1) / (A(1) + q * q) * kTwoOverPi;  // torch's scalar / tensor is reciprocal * scalar
-    }
-    if constexpr (S == kTanh) {
-      const A th = m_tanh(s / clamp);
-      return A(1) - th * th;
-    }
-    if constexpr (S == kSigmoid) return m_sigmoid(-(s + A(2)));
-  }
-};
 
 template <int S, bool kInverse, typename T, typename A>
 DGM_INLINE void forward_rows(const cpu::ForwardRows<T>& v, int64_t r0, int64_t r1, int64_t d,
@@ -106,7 +60,7 @@ DGM_INLINE void forward_rows(const cpu::ForwardRows<T>& v, int64_t r0, int64_t r
       for (int k = 0; k < w; ++k) part[k] += part[k + w];
     }
     const A sum = kInverse ? -part[0] : part[0];
-    v.logdet[r] = static_cast<T>(v.accumulate ? static_cast<A>(v.logdet[r]) + sum : sum);
+    v.logdet[r] = static_cast<T>(sum);
   }
 }
 
@@ -137,68 +91,6 @@ DGM_INLINE void backward_rows(const cpu::BackwardRows<T>& v, int64_t r0, int64_t
         gs[j] = static_cast<T>((gyj * xj * e + g_log) * dl);
       }
     }
-  }
-}
-
-// NaN passes through every branch, as through torch's activations.
-template <int kAct, typename T>
-DGM_INLINE void bias_activation(T* y, const T* bias, int64_t r0, int64_t r1, int64_t width) {
-  for (int64_t r = r0; r < r1; ++r) {
-    T* row = y + r * width;
-#pragma GCC ivdep
-    for (int64_t j = 0; j < width; ++j) {
-      const T v = row[j] + bias[j];
-      if constexpr (kAct == cpu::kRelu) row[j] = v < T(0) ? T(0) : v;
-      if constexpr (kAct == cpu::kLeakyRelu) row[j] = v < T(0) ? static_cast<T>(cpu::kLeakySlope) * v : v;
-      if constexpr (kAct == cpu::kTanhAct) row[j] = m_tanh(v);
-      if constexpr (kAct == cpu::kElu) row[j] = v < T(0) ? m_expm1(v) : v;
-      if constexpr (kAct == cpu::kIdentity) row[j] = v;
-    }
-  }
-}
-
-// torch's threshold_backward / leaky_relu_backward / tanh_backward / elu_backward
-// (from the result), so NaN in `a` is treated alike; the bias gradient summed on the way.
-template <int kAct, typename T>
-DGM_INLINE void activation_backward(T* g, const T* a, T* grad_bias, int64_t rows, int64_t width) {
-  for (int64_t j = 0; j < width; ++j) grad_bias[j] = T(0);
-  for (int64_t r = 0; r < rows; ++r) {
-    T* gr = g + r * width;
-    const T* ar = a + r * width;
-#pragma GCC ivdep
-    for (int64_t j = 0; j < width; ++j) {
-      T v = gr[j];
-      if constexpr (kAct == cpu::kRelu) v = ar[j] <= T(0) ? T(0) : v;
-      if constexpr (kAct == cpu::kLeakyRelu) v = ar[j] > T(0) ? v : v * static_cast<T>(cpu::kLeakySlope);
-      if constexpr (kAct == cpu::kTanhAct) v = v * (T(1) - ar[j] * ar[j]);
-      if constexpr (kAct == cpu::kElu) v = ar[j] <= T(0) ? v * (ar[j] + T(1)) : v;
-      gr[j] = v;
-      grad_bias[j] += v;
-    }
-  }
-}
-
-template <typename T>
-DGM_INLINE void activation_backward_any(T* g, const T* a, T* grad_bias, int64_t rows, int64_t width,
-                                        int64_t activation) {
-  switch (activation) {
-    case cpu::kRelu: return activation_backward<cpu::kRelu>(g, a, grad_bias, rows, width);
-    case cpu::kLeakyRelu: return activation_backward<cpu::kLeakyRelu>(g, a, grad_bias, rows, width);
-    case cpu::kTanhAct: return activation_backward<cpu::kTanhAct>(g, a, grad_bias, rows, width);
-    case cpu::kElu: return activation_backward<cpu::kElu>(g, a, grad_bias, rows, width);
-    default: return activation_backward<cpu::kIdentity>(g, a, grad_bias, rows, width);
-  }
-}
-
-template <typename T>
-DGM_INLINE void bias_activation_any(T* y, const T* bias, int64_t r0, int64_t r1, int64_t width,
-                                    int64_t activation) {
-  switch (activation) {
-    case cpu::kRelu: return bias_activation<cpu::kRelu>(y, bias, r0, r1, width);
-    case cpu::kLeakyRelu: return bias_activation<cpu::kLeakyRelu>(y, bias, r0, r1, width);
-    case cpu::kTanhAct: return bias_activation<cpu::kTanhAct>(y, bias, r0, r1, width);
-    case cpu::kElu: return bias_activation<cpu::kElu>(y, bias, r0, r1, width);
-    default: return bias_activation<cpu::kIdentity>(y, bias, r0, r1, width);
   }
 }
 
@@ -253,23 +145,6 @@ DGM_DEFINE(double, double)
 DGM_DEFINE(at::BFloat16, float)
 DGM_DEFINE(at::Half, float)
 #undef DGM_DEFINE
-#define DGM_DEFINE(T)                                                                                     \
-  DGM_CLONES void cpu::bias_activation_rows(T* y, const T* bias, int64_t r0, int64_t r1, int64_t width,    \
-                                            int64_t activation) {                                         \
-    bias_activation_any(y, bias, r0, r1, width, activation);                                               \
-  }
-DGM_DEFINE(float)
-DGM_DEFINE(double)
-#undef DGM_DEFINE
-#define DGM_DEFINE(T)                                                                                       \
-  DGM_CLONES void cpu::activation_backward_rows(T* g, const T* a, T* grad_bias, int64_t rows, int64_t width, \
-                                                int64_t activation) {                                       \
-    activation_backward_any(g, a, grad_bias, rows, width, activation);                                       \
-  }
-DGM_DEFINE(float)
-DGM_DEFINE(double)
-#undef DGM_DEFINE
-
 namespace {
 
 void check(const char* fn, std::initializer_list<const at::Tensor*> same_shape,
@@ -310,7 +185,7 @@ void affine_coupling_cpu(const at::Tensor& x2, const at::Tensor& s, const at::Te
                    *tp = t.const_data_ptr<scalar_t>();
     scalar_t *yp = y2.data_ptr<scalar_t>(), *lp = logdet.data_ptr<scalar_t>();
     over_rows(x2, [&](int64_t r0, int64_t r1, int64_t d) {
-      const cpu::ForwardRows<scalar_t> v{{xp, d}, {sp, d}, {tp, d}, {yp, d}, lp, false};
+      const cpu::ForwardRows<scalar_t> v{{xp, d}, {sp, d}, {tp, d}, {yp, d}, lp};
       cpu::coupling_forward_rows(v, r0, r1, d, scale, clamp, inverse);
     });
   });
@@ -340,29 +215,13 @@ namespace {
 // The dispatcher kernels of dgm_fast::affine_coupling and its backward on CPU
 // (schemas: dgm_fast/coupling/op.py): contiguous buffers, outputs laid out
 // as the reference's are (y2 like x2, the gradients like grad_y2).
-int64_t scale_code(c10::string_view scale) {
-  constexpr const char* kNames[] = {"exp", "atan", "tanh", "sigmoid"};
-  for (int64_t i = 0; i < 4; ++i) {
-    if (scale == kNames[i]) return i;
-  }
-  TORCH_CHECK_VALUE(false, "scale must be one of exp, atan, tanh, sigmoid, got ", scale);
-}
-
-at::Tensor contiguous_buffer(const at::Tensor& out) {
-  return out.is_contiguous() ? out : empty_output(out, at::MemoryFormat::Contiguous);
-}
-
-void write_back(at::Tensor& out, const at::Tensor& buf) {
-  if (!buf.is_same(out)) out.copy_(buf);
-}
-
 std::tuple<at::Tensor, at::Tensor> affine_coupling_op(const at::Tensor& x2, const at::Tensor& s,
                                                       const at::Tensor& t, c10::string_view scale,
                                                       double clamp, bool inverse) {
   at::Tensor y2 = empty_output(x2);
   at::Tensor logdet = empty_output(x2.size(0), x2.options());
   at::Tensor buf = contiguous_buffer(y2);
-  affine_coupling_cpu(x2.contiguous(), s.contiguous(), t.contiguous(), buf, logdet, scale_code(scale), clamp,
+  affine_coupling_cpu(x2.contiguous(), s.contiguous(), t.contiguous(), buf, logdet, cpu::scale_code(scale), clamp,
                       inverse);
   write_back(y2, buf);
   return {y2, logdet};
@@ -374,12 +233,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_coupling_backward_op(
   at::Tensor grads[3] = {empty_output(grad_y2), empty_output(grad_y2), empty_output(grad_y2)};  // as the reference's
   at::Tensor bufs[3] = {contiguous_buffer(grads[0]), contiguous_buffer(grads[1]), contiguous_buffer(grads[2])};
   affine_coupling_backward_cpu(grad_y2.contiguous(), grad_logdet.contiguous(), x2.contiguous(), s.contiguous(),
-                               t.contiguous(), bufs[0], bufs[1], bufs[2], scale_code(scale), clamp, inverse);
+                               t.contiguous(), bufs[0], bufs[1], bufs[2], cpu::scale_code(scale), clamp, inverse);
   for (int i = 0; i < 3; ++i) write_back(grads[i], bufs[i]);
   return {grads[0], grads[1], grads[2]};
 }
 
 }  // namespace
+
+int64_t cpu::scale_code(c10::string_view scale) {
+  constexpr const char* kNames[] = {"exp", "atan", "tanh", "sigmoid"};
+  for (int64_t i = 0; i < 4; ++i) {
+    if (scale == kNames[i]) return i;
+  }
+  TORCH_CHECK_VALUE(false, "scale must be one of exp, atan, tanh, sigmoid, got ", scale);
+}
+
+int64_t cpu::activation_code(c10::string_view activation) {
+  constexpr const char* kNames[] = {"relu", "leaky_relu", "tanh", "elu"};
+  for (int64_t i = 0; i < 4; ++i) {
+    if (activation == kNames[i]) return i;
+  }
+  TORCH_CHECK_VALUE(false, "activation must be one of relu, leaky_relu, tanh, elu, got ", activation);
+}
 
 TORCH_LIBRARY_IMPL(dgm_fast, CPU, m) {
   m.impl("affine_coupling", &affine_coupling_op);

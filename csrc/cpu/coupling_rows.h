@@ -1,10 +1,11 @@
-// The affine coupling's row kernels (csrc/cpu/coupling.cpp), shared by the
-// op and by the fused flow (csrc/cpu/coupling_flow.cpp), on row-major views
-// whose rows may be strided (e.g. the s and t halves of one subnet output).
+// The affine coupling's row kernels (csrc/cpu/coupling.cpp) on row-major
+// views whose rows may be strided (e.g. the s and t halves of one subnet
+// output), and the codes of the scales and activations.
 #pragma once
 
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
+#include <c10/util/string_view.h>
 
 #include <cstdint>
 
@@ -20,13 +21,12 @@ struct RowView {
   T* row(int64_t r) const { return p + r * stride; }
 };
 
-// y = coupling(x; s, t) (y may be x itself); logdet[r] = (or +=, with accumulate) the row's +-sum(l).
+// y = coupling(x; s, t) (y may be x itself); logdet[r] = the row's +-sum(l).
 template <typename T>
 struct ForwardRows {
   RowView<const T> x, s, t;
   RowView<T> y;
   T* logdet;
-  bool accumulate;
 };
 
 // The gradients of x, s, t from those of y and of logdet (gl, one per row).
@@ -42,6 +42,10 @@ struct BackwardRows {
 enum Activation : int64_t { kRelu = 0, kLeakyRelu = 1, kTanhAct = 2, kElu = 3, kIdentity = 4 };
 constexpr double kLeakySlope = 0.01;  // nn.LeakyReLU's default
 
+// The codes of a scale / activation name (ValueError for another).
+int64_t scale_code(c10::string_view scale);
+int64_t activation_code(c10::string_view activation);
+
 // Rows [r0, r1) of d elements each; `scale` is a Scale, `clamp` > 0.
 #define DGM_DECLARE(T)                                                                              \
   void coupling_forward_rows(const ForwardRows<T>& v, int64_t r0, int64_t r1, int64_t d, int64_t scale, \
@@ -53,18 +57,5 @@ DGM_DECLARE(double)
 DGM_DECLARE(c10::BFloat16)
 DGM_DECLARE(c10::Half)
 #undef DGM_DECLARE
-
-// For a layer's output a (rows x width, after the activation) and the gradient g
-// of a: g *= activation'(.) (read from a; kIdentity leaves g), and
-// grad_bias[j] = sum_r g[r, j]. Torch's activation backward formulas, NaN included.
-void activation_backward_rows(float* g, const float* a, float* grad_bias, int64_t rows, int64_t width,
-                              int64_t activation);
-void activation_backward_rows(double* g, const double* a, double* grad_bias, int64_t rows, int64_t width,
-                              int64_t activation);
-
-// y[r, j] = activation(y[r, j] + bias[j]) for rows [r0, r1) of a contiguous (rows x width) y.
-void bias_activation_rows(float* y, const float* bias, int64_t r0, int64_t r1, int64_t width, int64_t activation);
-void bias_activation_rows(double* y, const double* bias, int64_t r0, int64_t r1, int64_t width,
-                          int64_t activation);
 
 }  // namespace dgm_fast::cpu

@@ -111,6 +111,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                                              grad_weights, grad_biases, scale, clamp, activation, store_activations);
       },
       py::call_guard<py::gil_scoped_release>());
+  m.def("coupling_flow_isa", &dgm_fast::coupling_flow_isa,
+        "the instruction set the fused flow's tiles run with (\"avx2\" or \"portable\")");
+  m.def("set_coupling_flow_portable", &dgm_fast::set_coupling_flow_portable,
+        "run the fused flow's portable tiles even where AVX2 is present (tests)");
   m.def("build_info", &build_info, "what this extension was compiled with");
   m.def("draw_seed", &draw_seed, "a noise seed in [0, 2**62) from torch's default CPU generator");
   py::class_<dgm_fast::BelowAutogradCall>(m, "BelowAutogradCall",

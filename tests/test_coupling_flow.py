@@ -15,6 +15,7 @@ from dgm_fast.nn import CouplingFlow
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 BACKENDS = [(d, b) for d in DEVICES for b, why in FLOW.availability(torch.device(d)).items() if why is None]
+_C = dgm_fast._extension._C
 
 
 @pytest.fixture(params=BACKENDS, ids=lambda c: f"{c[0]}-{c[1]}")
@@ -54,6 +55,39 @@ def test_fused_equals_the_module_coupling_by_coupling(backend, scale, monkeypatc
             unfused = (flow(z), flow.inverse(z))
             monkeypatch.undo()
             torch.testing.assert_close(fused, unfused, atol=tol, rtol=tol)
+
+
+@pytest.mark.skipif(_C is None, reason="the C++ extension is not built")
+@pytest.mark.parametrize("scale", SCALES)
+def test_portable_tiles_equal_the_module_coupling_by_coupling(scale, monkeypatch):
+    """The C++ flow's portable build (run only on CPUs without AVX2 + FMA), forced here: forward and
+    inverse in both dtypes and every gradient in float64, full and partial tiles of 32 rows, odd widths."""
+    monkeypatch.setattr(_C, "set_coupling_flow_portable", _C.set_coupling_flow_portable)  # restored below
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        for dim, batch, kwargs in ((64, 64, dict(n_blocks=4, hidden=64, std=0.1)), (7, 37, dict(hidden=9))):
+            unbounded = scale in ("exp", "sigmoid")  # their inverses can overflow
+            flow = make_flow(dim, "cpu", dtype, scale=scale, **{"std": 0.15 if unbounded else 0.4} | kwargs)
+            z = torch.randn(batch, dim, dtype=dtype)
+
+            def run():
+                with torch.no_grad():
+                    out = [flow(z), flow.inverse(z)]
+                if dtype == torch.float64:  # float32 sums of 64 rows differ by more than 1e-5 in their order
+                    flow.zero_grad()
+                    zg = z.clone().requires_grad_()
+                    (-flow.log_prob(zg).sum()).backward()
+                    out += [zg.grad] + [q.grad.clone() for q in flow.parameters()]
+                return out
+
+            _C.set_coupling_flow_portable(True)
+            try:
+                assert _C.coupling_flow_isa() == "portable"
+                portable = run()
+            finally:
+                _C.set_coupling_flow_portable(False)
+            per_coupling(flow, monkeypatch)
+            torch.testing.assert_close(portable, run(), atol=tol, rtol=tol)
+            monkeypatch.undo()
 
 
 @pytest.mark.parametrize("recompute", [False, True], ids=["stored", "recomputed"])

@@ -260,10 +260,12 @@ namespace portable {
 #include "cpu/coupling_flow_tiles.h"
 }  // namespace portable
 
+std::atomic<bool> g_force_portable{false};
+
 bool has_avx2() {
 #if defined(__x86_64__)
   static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes;
+  return yes && !g_force_portable.load(std::memory_order_relaxed);
 #else
   return false;
 #endif
@@ -348,6 +350,9 @@ void check_dtype(const at::Tensor& z, std::initializer_list<at::TensorList> list
 }
 
 }  // namespace
+
+const char* coupling_flow_isa() { return has_avx2() ? "avx2" : "portable"; }
+void set_coupling_flow_portable(bool on) { g_force_portable = on; }
 
 void coupling_flow_cpu(const at::Tensor& z, at::TensorList weights, at::TensorList biases, at::TensorList perms,
                        at::Tensor& u, at::Tensor& logdet, at::Tensor& saved, int64_t scale, double clamp,

@@ -27,4 +27,10 @@ void coupling_flow_backward_cpu(const at::Tensor& grad_u, const at::Tensor& grad
                                 at::Tensor& grad_z, at::TensorList grad_weights, at::TensorList grad_biases,
                                 int64_t scale, double clamp, int64_t activation, bool store_activations);
 
+// The instruction set of the flow's tile kernels: "avx2" (AVX2 + FMA, picked
+// at run time where the CPU has them) or "portable"; tests force the portable
+// build to check it on machines that would never run it.
+const char* coupling_flow_isa();
+void set_coupling_flow_portable(bool on);
+
 }  // namespace dgm_fast

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from dgm_fast import benchmark
 from dgm_fast._op import registered_ops
 from dgm_fast.backend import BACKENDS
 from dgm_fast.cli import main
+from dgm_fast.demo import glf_digits
 from dgm_fast.demo import run as demo_run
 from dgm_fast.models import TrainConfig
 
@@ -145,10 +147,11 @@ def test_demo_writes_its_files_and_prints_where(capsys, monkeypatch, tmp_path):
     tiny = demo_run.DemoConfig(TrainConfig(n_iters=2, batch_size=16), hidden=8, depth=1, n_eval=50,
                                resolution=8, duration="a moment")
     monkeypatch.setitem(demo_run.MODES, "quick", tiny)
+    monkeypatch.setitem(glf_digits.MODES, "quick", replace(glf_digits.MODES["quick"], epochs=1, classifier_epochs=1))
     out = tmp_path / "new" / "folder"
     main(["demo", "--quick", "--out", str(out)])
     printed = capsys.readouterr().out
-    for name in ("ebm_toy.png", "metrics.json"):
+    for name in ("ebm_toy.png", "glf_samples.png", "metrics.json"):
         assert (out / name).stat().st_size > 0
         assert str(out.resolve() / name) in printed
 

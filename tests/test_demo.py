@@ -1,4 +1,5 @@
-"""The end-to-end demo (dgm_fast.demo): toy data, MMD, mode counts, and a quick training run."""
+"""The end-to-end demo (dgm_fast.demo): toy data, MMD, mode counts, and a quick training run of the
+EBMs and of GLF vs regularized GLF vs VAE+flow prior on the digits."""
 
 import json
 import math
@@ -7,8 +8,14 @@ import pytest
 import torch
 
 from dgm_fast.demo import run_demo
+from dgm_fast.demo.glf_digits import DATA, VARIANTS
 from dgm_fast.demo.metrics import grid_modes, mmd2
 from dgm_fast.demo.toy_data import GRID_STD, gaussian_grid, grid_centres, swiss_roll
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+GLF_FIGURES = {"samples": "glf_samples.png", "neighbours": "glf_neighbours.png",
+               "interpolation": "glf_interpolation.png"}
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -78,9 +85,43 @@ def quick_run(tmp_path_factory):
 def test_quick_demo_writes_its_files(quick_run):
     out, result = quick_run
     png, metrics = out / "ebm_toy.png", out / "metrics.json"
-    assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads(metrics.read_text())["scores"] == result["scores"]
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == PNG_SIGNATURE
+    saved = json.loads(metrics.read_text())
+    assert saved["scores"] == result["scores"] and saved["glf"]["scores"] == result["glf"]["scores"]
     assert result["figure"] == str(png) and result["metrics_json"] == str(metrics)
+    assert result["glf"]["figures"] == {key: str(out / name) for key, name in GLF_FIGURES.items()}
+    for name in GLF_FIGURES.values():
+        png = out / name
+        assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_quick_glf_scores_are_in_range(quick_run):
+    scores = quick_run[1]["glf"]["scores"]
+    assert set(scores) == {DATA, *VARIANTS}
+    for name, s in scores.items():
+        assert math.isfinite(s["frechet_distance"]) and s["frechet_distance"] >= 0, (name, s)
+        assert 0 <= s["f8"] <= 1 and 0 <= s["f1_8"] <= 1, (name, s)
+        if name != DATA:
+            assert math.isfinite(s["test_nll"]) and s["latent_rms"] > 0 and s["train_seconds"] > 0, (name, s)
+
+
+def test_quick_glf_models_are_farther_from_the_test_digits_than_training_digits(quick_run):
+    scores = quick_run[1]["glf"]["scores"]
+    floor = scores[DATA]
+    # training vs test digits: the same law, so a small FD and PRD near 1 in both directions
+    assert floor["f8"] > 0.9 and floor["f1_8"] > 0.9, floor
+    for name in VARIANTS:
+        assert 3 * floor["frechet_distance"] < scores[name]["frechet_distance"], (name, scores)
+
+
+def test_quick_glf_shows_the_dissertations_pattern(quick_run):
+    scores = quick_run[1]["glf"]["scores"]
+    glf, regularized, vae = (scores[name] for name in ("GLF", "regularized GLF", "VAE+flow prior"))
+    # Table 3.1: VAE+flow prior at beta = 1 samples worse than GLF
+    assert vae["frechet_distance"] > glf["frechet_distance"], scores
+    # §3.2.3 / Figure 3.8: without the stop gradient the NLL shrinks the latents and runs negative
+    assert regularized["latent_rms"] < 0.5 * glf["latent_rms"], scores
+    assert regularized["test_nll"] < glf["test_nll"] - 10, scores
 
 
 def test_quick_demo_beats_the_prior(quick_run):
@@ -103,7 +144,11 @@ def test_quick_demo_finds_the_grid_modes(quick_run):
 
 
 def test_run_demo_checks_its_arguments_before_training(tmp_path, monkeypatch):
-    monkeypatch.setattr("dgm_fast.demo.run._evaluate", lambda *a: pytest.fail("trained before the checks"))
+    def _fail(*args, **kwargs):
+        pytest.fail("trained before the checks")
+
+    monkeypatch.setattr("dgm_fast.demo.run._evaluate", _fail)
+    monkeypatch.setattr("dgm_fast.demo.glf_digits.run_glf", _fail)
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     with pytest.raises(ValueError, match="out_dir .*cannot write"):

@@ -1,15 +1,20 @@
-"""The figure of the demo, laid out like Figures 2.1 / 2.2: samples and -E heat maps, with a caption."""
+"""The demo's figures, each with a caption: EBM samples and -E heat maps (Figures 2.1 / 2.2), and
+GLF's digit samples, nearest training neighbours (Figure 3.3) and noise interpolations (Figure 3.2(f))."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure  # no pyplot: saving a bare Figure renders with Agg, headless
 from torch import Tensor
 
-LIM = 3.5  # every panel shows [-LIM, LIM]^2
+LIM = 3.5  # every toy panel shows [-LIM, LIM]^2
+CAPTION_HEIGHT = 0.8  # inches below the panels
+SAMPLE_GRID = 6  # each model's panel tiles SAMPLE_GRID x SAMPLE_GRID digits
 
 
 def neg_energy_grid(energy: Callable[[Tensor], Tensor], resolution: int) -> Tensor:
@@ -40,9 +45,7 @@ def plot_toy_results(rows: list[dict], path: Path, caption: str) -> Path:
     """
     dynamics = [k for k in rows[0] if k not in ("name", "data")]
     n_cols = 1 + 2 * len(dynamics)
-    height = 3.0 * len(rows) + 0.8  # the panels and the caption
-    fig = Figure(figsize=(3.2 * n_cols, height), layout="constrained")
-    fig.get_layout_engine().set(rect=(0.0, 0.8 / height, 1.0, 1.0 - 0.8 / height))
+    fig = _figure(3.2 * n_cols, 3.0 * len(rows))
     axes = fig.subplots(len(rows), n_cols, squeeze=False)
     for ax_row, row in zip(axes, rows):
         _scatter(ax_row[0], row["data"], f"{row['name']}: data")
@@ -52,6 +55,67 @@ def plot_toy_results(rows: list[dict], path: Path, caption: str) -> Path:
             _heat_map(fig, ax_row[2 + 2 * j], res["neg_energy"], f"−E, trained with {dyn}")
     for ax in axes.flat:
         ax.set(xlim=(-LIM, LIM), ylim=(-LIM, LIM), aspect="equal", xticks=[], yticks=[])
+    return _save(fig, path, caption)
+
+
+def _figure(width: float, panels_height: float) -> Figure:
+    """A figure of ``panels_height`` inches of panels above ``CAPTION_HEIGHT`` inches kept for the caption."""
+    height = panels_height + CAPTION_HEIGHT
+    fig = Figure(figsize=(width, height), layout="constrained")
+    fig.get_layout_engine().set(rect=(0.0, CAPTION_HEIGHT / height, 1.0, 1.0 - CAPTION_HEIGHT / height))
+    return fig
+
+
+def _save(fig: Figure, path: Path, caption: str) -> Path:
     fig.text(0.01, 0.01, caption, fontsize=8.5, va="bottom", wrap=True)
     fig.savefig(path, dpi=100)
     return path
+
+
+def _tile(images: Tensor, n_cols: int, pad: int = 1) -> np.ndarray:
+    """Greyscale (N, 1, H, W) images in [0, 1] as one mosaic of ``n_cols`` columns on a mid-grey ground."""
+    n, _, h, w = images.shape
+    n_rows = math.ceil(n / n_cols)
+    mosaic = np.full((n_rows * (h + pad) + pad, n_cols * (w + pad) + pad), 0.5)
+    for i, image in enumerate(images[:, 0].detach().cpu().numpy()):
+        top, left = pad + (i // n_cols) * (h + pad), pad + (i % n_cols) * (w + pad)
+        mosaic[top:top + h, left:left + w] = image
+    return mosaic
+
+
+def _show(ax, image: np.ndarray, title: str = "") -> None:
+    ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set(xticks=[], yticks=[])
+    ax.set_title(title, fontsize=9)
+
+
+def plot_digit_samples(panels: list[tuple[str, Tensor]], path: Path, caption: str) -> Path:
+    """One panel per ``(title, images)`` entry, each tiling its first SAMPLE_GRID² images."""
+    fig = _figure(3.0 * len(panels), 3.0)
+    for ax, (title, images) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+        _show(ax, _tile(images[:SAMPLE_GRID**2], SAMPLE_GRID), title)
+    return _save(fig, path, caption)
+
+
+def plot_neighbours(samples: Tensor, neighbours: Tensor, path: Path, caption: str) -> Path:
+    """Figure 3.3: row i shows ``samples[i]`` and then ``neighbours[i]`` (N, k, 1, H, W), nearest first."""
+    n, k = neighbours.shape[:2]
+    fig = _figure(0.85 * (k + 1) + 0.4, 0.85 * n)
+    axes = fig.subplots(n, k + 1, squeeze=False)
+    titles = ["sample"] + [f"neighbour {j + 1}" for j in range(k)]
+    for i, row in enumerate(axes):
+        for j, ax in enumerate(row):
+            image = samples[i] if j == 0 else neighbours[i, j - 1]
+            _show(ax, image[0].detach().cpu().numpy(), titles[j] if i == 0 else "")
+    return _save(fig, path, caption)
+
+
+def plot_interpolation(paths: Tensor, path: Path, caption: str) -> Path:
+    """Figure 3.2(f): row i shows ``paths[i]`` (steps, 1, H, W), the images along one noise segment."""
+    n, steps = paths.shape[:2]
+    fig = _figure(0.9 * steps + 0.4, 0.9 * n)
+    axes = fig.subplots(n, steps, squeeze=False)
+    for i, row in enumerate(axes):
+        for j, ax in enumerate(row):
+            _show(ax, paths[i, j, 0].detach().cpu().numpy(), f"t = {j / (steps - 1):.2f}" if i == 0 else "")
+    return _save(fig, path, caption)

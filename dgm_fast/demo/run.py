@@ -1,4 +1,5 @@
-"""The end-to-end demo: EBMs on 2-D toy data trained with noisy vs noise-free dynamics (§2.4.6)."""
+"""The end-to-end demo: EBMs on 2-D toy data trained with noisy vs noise-free dynamics (§2.4.6), then
+GLF vs regularized GLF vs VAE + flow prior on scikit-learn's digits (§3.2.4, dgm_fast.demo.glf_digits)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import torch
 
 from dgm_fast import _checks
+from dgm_fast.demo import glf_digits
 from dgm_fast.demo.metrics import BANDWIDTHS, grid_modes, mmd2
 from dgm_fast.demo.plots import neg_energy_grid, plot_toy_results
 from dgm_fast.demo.toy_data import DATASETS
@@ -37,20 +39,22 @@ class DemoConfig:
     depth: int
     n_eval: int  # generated and fresh data samples compared by MMD
     resolution: int  # of the -E heat maps
-    duration: str  # measured wall time of `dgm-fast demo` in this mode on a 2-core Intel Xeon
+    # measured wall time of `dgm-fast demo` in this mode, EBMs and GLF, on 2 AMD EPYC cores shared with
+    # other work (load average ~3); full: its EBM part alone took about 40 min on a 2-core Intel Xeon
+    duration: str
 
 
 MODES = {
     # 300 steps at lr 1e-3 leave a structureless disc on the grid; at 3e-3
     # all 9 modes form (80-90% of samples within 3 std of a mode).
     "quick": DemoConfig(TrainConfig(n_iters=300, batch_size=128, lr=3e-3), hidden=128, depth=3,
-                        n_eval=1000, resolution=60, duration="about 20 s"),
+                        n_eval=1000, resolution=60, duration="about 50 s"),
     # appendix 2.4.7's lr, a smaller network and budget: minutes on 2 cores
     "default": DemoConfig(TrainConfig(n_iters=1200, batch_size=256), hidden=128, depth=3,
-                          n_eval=2000, resolution=200, duration="about 2 min"),
+                          n_eval=2000, resolution=200, duration="about 4 min"),
     # appendix 2.4.7: 5 layers of 256 units, 3000 iterations of batch 800
     "full": DemoConfig(TrainConfig(n_iters=3000, batch_size=800), hidden=256, depth=4,
-                       n_eval=2000, resolution=200, duration="about 40 min"),
+                       n_eval=2000, resolution=200, duration="over 40 min"),
 }
 
 
@@ -120,20 +124,24 @@ def _caption() -> str:
 
 
 def run_demo(out_dir: Path, *, mode: str = "default", seed: int = 0) -> dict:
-    """Train, sample, score and plot; writes ``ebm_toy.png`` and ``metrics.json`` to ``out_dir``.
+    """Train, sample, score and plot; writes ``ebm_toy.png``, the GLF part's three PNGs and
+    ``metrics.json`` to ``out_dir``.
 
     ``mode`` is a key of ``MODES``: "quick" (a smoke test that still shows the
-    modes), "default" or "full" (the appendix 2.4.7 setting). Returns
-    ``{"scores": {dataset: {PRIOR or dynamics name: {"mmd2": ..., and on the grid
-    "high_quality", "modes"}}}, "train_seconds": {dataset: {dynamics name: s}},
-    "seconds": total, "config": {...}, "figure": png path, "metrics_json": json path}``.
+    modes), "default" or "full" (the appendix 2.4.7 setting, and the InfoGAN
+    auto-encoder at 28 px). Returns ``{"scores": {dataset: {PRIOR or dynamics
+    name: {"mmd2": ..., and on the grid "high_quality", "modes"}}},
+    "train_seconds": {dataset: {dynamics name: s}}, "glf": what
+    ``glf_digits.run_glf`` returns, "seconds": total, "config": {...}, "figure":
+    png path, "metrics_json": json path}``.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
     cfg = MODES[mode]
     out_dir = _checks.writable_dir("out_dir", out_dir)  # before the minutes of training
     print(f"dgm-fast demo, {mode} mode: {len(DATASETS)} datasets x {len(DYNAMICS)} dynamics x "
-          f"{cfg.train.n_iters} training steps ({cfg.duration} on 2 CPU cores); output to {out_dir}")
+          f"{cfg.train.n_iters} training steps, then {glf_digits.describe(mode)} "
+          f"({cfg.duration} on 2 CPU cores); output to {out_dir}")
     torch.manual_seed(seed)  # data, initial points and Langevin noise all come from torch's generator
     start = time.perf_counter()
     scores, train_seconds, rows = {}, {}, []
@@ -141,10 +149,13 @@ def run_demo(out_dir: Path, *, mode: str = "default", seed: int = 0) -> dict:
         for name in DATASETS:
             scores[name], train_seconds[name], row = _evaluate(name, cfg)
             rows.append(row)
-    figure = plot_toy_results(rows, out_dir / "ebm_toy.png", _caption())
+        figure = plot_toy_results(rows, out_dir / "ebm_toy.png", _caption())
+        _print_tables(scores)
+        glf = glf_digits.run_glf(out_dir, mode=mode, seed=seed)
     result = {
         "scores": scores,
         "train_seconds": train_seconds,
+        "glf": glf,
         "seconds": time.perf_counter() - start,
         "config": {"mode": mode, "seed": seed, "mmd_bandwidths": BANDWIDTHS, "demo": asdict(cfg),
                    "dynamics": [asdict(d) for d in DYNAMICS]},
@@ -152,6 +163,6 @@ def run_demo(out_dir: Path, *, mode: str = "default", seed: int = 0) -> dict:
         "metrics_json": str(out_dir / "metrics.json"),
     }
     Path(result["metrics_json"]).write_text(json.dumps(result, indent=2))
-    _print_tables(scores)
-    print(f"\nwrote {figure} and {result['metrics_json']} ({result['seconds']:.0f} s)")
+    print(f"\nwrote {', '.join([str(figure), *glf['figures'].values()])} and {result['metrics_json']} "
+          f"({result['seconds']:.0f} s)")
     return result

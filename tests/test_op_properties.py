@@ -363,7 +363,9 @@ def run_flow(z, dim, n_blocks, hidden, n_hidden_layers, seed, inverse, gradients
 def flow_valid(gradients: bool) -> Callable:
     @st.composite
     def cases(draw, device: str, backend: str) -> Case:
-        dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+        # float32 gradients are sums with cancellation, whose error is eps * sum|terms|, not eps * |sum|:
+        # they are compared normwise (test_coupling_flow.py), here in float64
+        dtype = draw(st.sampled_from([torch.float64] if gradients else [torch.float32, torch.float64]))
         dim, n_blocks = draw(st.integers(2, 12)), draw(st.integers(1, 3))
         spec = draw(tensor_specs((draw(st.integers(0, 17)), dim), dtype, device))
         # moderate values (so that no inverse overflows), non-finite ones planted
@@ -375,7 +377,7 @@ def flow_valid(gradients: bool) -> Callable:
         # float32 results of two correct summation orders differ in the fifth digit
         scales = [s for s in SCALES if not (inverse and s in ("exp", "sigmoid"))]
         kwargs = dict(scale=draw(st.sampled_from(scales)), clamp=draw(st.sampled_from([2.0, 0.5]) | st.floats(0.01, 100)),
-                      activation=draw(st.sampled_from(sorted(ACTIVATIONS))), recompute=draw(st.booleans()))
+                      activation=draw(st.sampled_from(sorted(ACTIVATIONS))), recompute=draw(st.sampled_from([False, True, None])))
         args = (spec, dim, n_blocks, draw(st.integers(1, 9)), draw(st.integers(0, 2)), draw(st.integers(0, 2**31)),
                 inverse, gradients)
         return Case(run_flow, args, kwargs)
@@ -390,7 +392,7 @@ _BAD_FLOW_ARGS = {
     "n_hidden_layers": st.tuples(st.integers(max_value=-1), st.just(ValueError)),
     "scale": st.tuples(st.just("softplus"), st.just(ValueError)),
     "activation": st.tuples(st.just("gelu"), st.just(ValueError)),
-    "recompute": st.tuples(st.sampled_from([1, "no", None]), st.just(TypeError)),
+    "recompute": st.tuples(st.sampled_from([1, "no"]), st.just(TypeError)),
     "clamp": st.tuples(st.floats(max_value=0.0) | st.sampled_from([math.inf, math.nan]), st.just(ValueError)),
     "z": st.sampled_from([((3, 5), torch.float32, ValueError), ((4,), torch.float32, ValueError),
                           ((3, 4), torch.int64, TypeError)]),

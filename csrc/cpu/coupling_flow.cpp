@@ -271,20 +271,15 @@ bool has_avx2() {
 #endif
 }
 
-template <typename T>
-void forward_tile(const Call<T>& a, int64_t thread, int64_t r0, int64_t n) {
+// One tile of the forward (or, kBackward, of the backward) with the build for this CPU.
+template <bool kBackward, typename T>
+void run_tile(const Call<T>& a, int64_t thread, int64_t r0, int64_t n) {
 #if defined(__x86_64__)
-  if (has_avx2()) return avx2::forward_tile(a, thread, r0, n);
+  if (has_avx2()) {
+    return kBackward ? avx2::backward_tile(a, thread, r0, n) : avx2::forward_tile(a, thread, r0, n);
+  }
 #endif
-  portable::forward_tile(a, thread, r0, n);
-}
-
-template <typename T>
-void backward_tile(const Call<T>& a, int64_t thread, int64_t r0, int64_t n) {
-#if defined(__x86_64__)
-  if (has_avx2()) return avx2::backward_tile(a, thread, r0, n);
-#endif
-  portable::backward_tile(a, thread, r0, n);
+  return kBackward ? portable::backward_tile(a, thread, r0, n) : portable::forward_tile(a, thread, r0, n);
 }
 
 template <typename T>
@@ -296,7 +291,7 @@ void flow_forward(const Flow& f, const at::Tensor& z, at::Tensor& u, at::Tensor&
   const Scratch<T> scratch((f.dim + std::max(f.max_act_rows(0), f.max_act_rows(1))) * kRows, at::get_num_threads());
   const Call<T> call{f, Params<T>(f), layout, z.const_data_ptr<T>(), nullptr, u.data_ptr<T>(), logdet.data_ptr<T>(),
                      inverse ? nullptr : saved.data_ptr<T>(), rows, store, inverse, scratch};
-  over_tiles(rows, [&](int64_t thread, int64_t r0, int64_t n) { forward_tile(call, thread, r0, n); });
+  over_tiles(rows, [&](int64_t thread, int64_t r0, int64_t n) { run_tile<false>(call, thread, r0, n); });
 }
 
 template <typename T>
@@ -324,7 +319,7 @@ void flow_backward(const Flow& f, const at::Tensor& grad_u, const at::Tensor& gr
                grad_z.data_ptr<T>(), nullptr, const_cast<T*>(saved.const_data_ptr<T>()), rows, store, false, scratch};
   call.tile_size = tile_size;
   call.grad_offset = grad_offset;
-  over_tiles(rows, [&](int64_t thread, int64_t r0, int64_t n) { backward_tile(call, thread, r0, n); });
+  over_tiles(rows, [&](int64_t thread, int64_t r0, int64_t n) { run_tile<true>(call, thread, r0, n); });
   // the threads' sums, in thread order
   const int64_t n_w = static_cast<int64_t>(grad_weights.size());
   for (int64_t i = 0; i < static_cast<int64_t>(grad_offset.size()); ++i) {

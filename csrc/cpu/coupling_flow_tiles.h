@@ -93,16 +93,17 @@ DGM_INLINE void activate_any(T* x, int64_t n, int64_t act) {
 // g (n x kRows) *= activation'(a), and grad_bias[j] += sum over the tile's rows of g[j].
 template <int kAct, typename T>
 DGM_INLINE void activation_backward_rows(T* g, const T* a, T* grad_bias, int64_t n) {
+  using S = Simd<T>;
   for (int64_t j = 0; j < n; ++j) {
     T* gj = g + j * kRows;
     const T* aj = a + j * kRows;
-    T lanes[kRows];
 #pragma GCC ivdep
-    for (int64_t r = 0; r < kRows; ++r) lanes[r] = gj[r] = cpu::activation_grad<kAct>(gj[r], aj[r]);
-    for (int64_t w = kRows / 2; w > 0; w /= 2) {
-      for (int64_t r = 0; r < w; ++r) lanes[r] += lanes[r + w];
-    }
-    grad_bias[j] += lanes[0];
+    for (int64_t r = 0; r < kRows; ++r) gj[r] = cpu::activation_grad<kAct>(gj[r], aj[r]);
+    typename S::V lanes = S::load(gj);
+    for (int64_t r = S::kLanes; r < kRows; r += S::kLanes) lanes += S::load(gj + r);
+    T sum = 0;
+    for (int l = 0; l < S::kLanes; ++l) sum += lanes[l];
+    grad_bias[j] += sum;
   }
 }
 

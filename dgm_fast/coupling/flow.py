@@ -23,6 +23,7 @@ from dgm_fast.coupling.reference import ACTIVATIONS, SCALES
 
 _LOG_2PI = math.log(2 * math.pi)
 FUSED_MAX_DIM = 128  # the whole flow as one op up to here (weights stay in cache); per-coupling ops above
+KEEP_ACTIVATIONS_BYTES = 4 << 20  # recompute=None keeps the subnets' activations up to this size
 
 
 def _subnet(d_in: int, d_out: int, hidden: int, n_hidden_layers: int) -> nn.ModuleList:
@@ -47,15 +48,19 @@ class CouplingFlow(nn.Module):
     from torch's generator, as any ``nn.Module``'s.
 
     Up to ``dim`` 128 each direction runs as one op, and the forward's
-    backward as one op too. That backward reads the subnets' activations,
-    which the forward keeps (at GLF's sizes a few MB: keeping them is cheaper
-    than the extra subnet passes that recomputing costs); ``recompute=True``
-    keeps only each block's input and recomputes the rest during backward.
+    backward as one op too. That backward needs the subnets' activations:
+    ``recompute=False`` keeps them from the forward, ``recompute=True`` keeps
+    only each block's input and recomputes the rest during the backward, and
+    the default ``None`` keeps them when they take at most
+    ``KEEP_ACTIVATIONS_BYTES`` (measured here: keeping is faster at batch 256,
+    recomputing from batch 1024, where a fresh buffer of several MB costs
+    more in page faults than the subnets cost to rerun). Calls that need no
+    gradient keep nothing.
     """
 
     def __init__(self, dim: int, n_blocks: int = 4, hidden: int = 64, n_hidden_layers: int = 2,
                  scale: str = "atan", clamp: float = 2.0, activation: str = "relu", seed: int = 0,
-                 recompute: bool = False):
+                 recompute: bool | None = None):
         super().__init__()
         self.dim = _checks.integer("dim", dim, low=2)
         self.n_blocks = _checks.integer("n_blocks", n_blocks, low=1)
@@ -67,8 +72,8 @@ class CouplingFlow(nn.Module):
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         self.scale, self.clamp = scale, _checks.real("clamp", clamp, low=0.0, low_open=True, finite=True)
         self.activation = activation
-        if not isinstance(recompute, bool):
-            raise TypeError(f"recompute must be a bool, got {type(recompute).__name__}")
+        if recompute is not None and not isinstance(recompute, bool):
+            raise TypeError(f"recompute must be a bool or None, got {type(recompute).__name__}")
         self.recompute = recompute
         seed = _checks.integer("seed", seed, low=0, high=2**63 - n_blocks)
         self.split = dim // 2
@@ -107,8 +112,16 @@ class CouplingFlow(nn.Module):
             raise TypeError(f"the input must have the dtype and device of the flow's parameters "
                             f"({weight.dtype}, {weight.device}), got {z.dtype}, {z.device}")
         u, logdet, _ = FLOW(z.contiguous(), [x.weight for x in layers], [x.bias for x in layers], perms,
-                            self.scale, self.clamp, self.activation, inverse, not self.recompute)
+                            self.scale, self.clamp, self.activation, inverse, self._keeps_activations(z, layers))
         return u, logdet
+
+    def _keeps_activations(self, z: Tensor, layers: list[nn.Linear]) -> bool:
+        if not torch.is_grad_enabled() or not (z.requires_grad or layers[0].weight.requires_grad):
+            return False  # no backward will read them
+        if self.recompute is not None:
+            return not self.recompute
+        per_row = sum(x.out_features for x in layers) + self.n_blocks * self.dim  # layer outputs + subnet inputs
+        return z.shape[0] * per_row * z.element_size() <= KEEP_ACTIVATIONS_BYTES
 
     def _check_input(self, name: str, z) -> Tensor:
         _checks.dense_tensor(name, z)

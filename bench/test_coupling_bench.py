@@ -27,8 +27,20 @@ Each flow row records ``flops`` (GEMM flops of the pass: 2 per multiply-add, 3x 
 dgm_fast row reports: ``coupling_flow``, the whole flow as one op) and, for peers, ``library`` (name
 and version).
 
-The GLF training step (encoder, decoder and this flow on the latent) is benchmarked with the GLF
-model, when dgm_fast has one.
+* ``glf_train_step``: one training step of Generative Latent Flow (``dgm_fast.models.glf.GLF``,
+  objective "glf", eq. (3.3)) at the dissertation's MNIST setting, as ``train_glf`` runs it per batch:
+  the InfoGAN auto-encoder of Table 3.6 at 28 px (1 channel, latent 20), a flow of 4 blocks (split
+  10/10, subnets 10 -> 64 -> 64 -> 20, atan soft clamp 2) on the stop-gradient latents, MSE
+  reconstruction, batch 256 (BatchNorm in training mode), then ``zero_grad``, ``backward`` and an
+  Adam step (lr 1e-3, weight decay 2e-5 on the flow). The contenders share the auto-encoder (same
+  seeded weights) and differ only in the flow: ``dgm_fast`` is ``dgm_fast.nn.CouplingFlow(20, 4, 64)``
+  with the eager flow's weights, ``eager`` the plain-PyTorch flow of peers/coupling.py, ``compiled``
+  torch.compile of the eager model's loss (auto-encoder and flow; backward and Adam step outside).
+  ``glf_train_step_ae_only`` (eager and compiled) is the same step without the flow (reconstruction
+  loss only, Adam over the auto-encoder), so a row's median minus it is the flow's share of the step.
+  These rows record ``latent``, ``hidden``, ``n_blocks``, ``batch``, ``image_size``, ``channels``,
+  ``recon``, ``objective``, ``flow_flops`` (the flow's GEMM flops, forward + backward; none for
+  ae_only) and, for dgm_fast, ``backend_op``.
 """
 
 from __future__ import annotations
@@ -40,7 +52,8 @@ import torch
 
 import dgm_fast
 from dgm_fast._op import registered_ops
-from peers.coupling import PEER_PACKAGES, PEERS, FlowConfig, PeerUnavailable, build, soft_clamp
+from peers.coupling import (ATAN_SCALE, PEER_PACKAGES, PEERS, EagerCouplingFlow, FlowConfig, PeerUnavailable,
+                            build, soft_clamp)
 
 DTYPE = torch.float32
 LATENT = 64
@@ -208,3 +221,93 @@ def test_coupling_flow(measure, bench_config, flow_cache, flow_batch, hidden, fl
 @pytest.mark.parametrize("peer", PEERS)
 def test_coupling_flow_peer(measure, bench_config, flow_cache, flow_batch, hidden, flow_pass, peer):
     _time_flow(measure, bench_config, flow_cache, peer, None, flow_batch, hidden, flow_pass)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the GLF training step (dissertation section 3.2, MNIST setting)
+
+GLF_IMAGE_SIZE = 28
+GLF_CHANNELS = 1
+GLF_LATENT = 20
+GLF_HIDDEN = 64
+GLF_BATCH = 256
+GLF_LR = 1e-3
+GLF_FLOW_WEIGHT_DECAY = 2e-5  # train_glf's defaults (appendix 3.2.6)
+
+
+class _GLFEagerFlow(EagerCouplingFlow):
+    """The eager flow with the ``dim`` attribute GLF checks its flow for."""
+
+    @property
+    def dim(self) -> int:
+        return self.config.dim
+
+
+def _glf_step(flow_contender: str | None, compiled: bool, device: torch.device):
+    """One GLF training step as ``train_glf`` runs it: the flow of ``flow_contender`` (None: no flow,
+    the auto-encoder's reconstruction loss only), the loss compiled or not."""
+    from dgm_fast.models.autoencoder import InfoGANAutoEncoder
+    from dgm_fast.models.glf import GLF, reconstruction_loss
+
+    config = FlowConfig(dim=GLF_LATENT, n_blocks=N_BLOCKS, hidden=GLF_HIDDEN, clamp=CLAMP)
+    if flow_contender == "dgm_fast":
+        try:
+            flow = build("dgm_fast", config, device).module  # CouplingFlow with the eager flow's weights
+        except PeerUnavailable as e:
+            pytest.skip(f"dgm_fast: {e}")
+    else:
+        flow = _GLFEagerFlow(config)  # also the (unused) flow of the ae_only step
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # every contender's auto-encoder has the same weights
+        autoencoder = InfoGANAutoEncoder(GLF_IMAGE_SIZE, channels=GLF_CHANNELS, latent_dim=GLF_LATENT)
+    model = GLF(autoencoder, flow, objective="glf", recon="mse").to(device).train()
+    params = [{"params": model.autoencoder.parameters()}]
+    if flow_contender is not None:
+        params.append({"params": model.flow.parameters(), "weight_decay": GLF_FLOW_WEIGHT_DECAY})
+    opt = torch.optim.Adam(params, lr=GLF_LR)
+
+    if flow_contender is None:
+        def loss_fn(x):
+            return reconstruction_loss(x, model.autoencoder.decode(model.autoencoder.encode(x)), "mse")
+    else:
+        def loss_fn(x):
+            return model(x).total
+    if compiled:
+        # torch.compile of the loss only (forward graph, backward through AOTAutograd); zero_grad,
+        # backward and the Adam step stay eager, as in the flow rows' compiled train step
+        loss_fn = torch.compile(loss_fn, dynamic=False, fullgraph=True)
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(GLF_BATCH, GLF_CHANNELS, GLF_IMAGE_SIZE, GLF_IMAGE_SIZE, generator=g, dtype=DTYPE).to(device)
+
+    def step():
+        loss = loss_fn(x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step, config
+
+
+def _glf_extra(config: FlowConfig | None) -> dict:
+    extra = dict(latent=GLF_LATENT, batch=GLF_BATCH, image_size=GLF_IMAGE_SIZE, channels=GLF_CHANNELS,
+                 recon="mse", objective="glf", optimizer="adam")
+    if config is not None:
+        extra.update(hidden=config.hidden, n_blocks=config.n_blocks, scale=ATAN_SCALE,
+                     flow_flops=config.train_flops(GLF_BATCH))
+    return extra
+
+
+def test_glf_train_step(measure, bench_config, contender, backend):
+    step, config = _glf_step(contender, contender == "compiled", bench_config.device)
+    backend_op = _flow_backend_op() if contender == "dgm_fast" else None
+    measure(step, op="glf_train_step", contender=contender, size=GLF_BATCH, dtype=DTYPE, backend=backend,
+            backend_op=backend_op, **_glf_extra(config))
+
+
+@pytest.mark.parametrize("ae_contender", ["eager", "compiled"])
+def test_glf_train_step_ae_only(measure, bench_config, ae_contender):
+    step, _ = _glf_step(None, ae_contender == "compiled", bench_config.device)
+    measure(step, op="glf_train_step_ae_only", contender=ae_contender, size=GLF_BATCH, dtype=DTYPE,
+            **_glf_extra(None))

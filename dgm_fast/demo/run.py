@@ -51,7 +51,7 @@ MODES = {
                         n_eval=1000, resolution=60, duration="about 50 s"),
     # appendix 2.4.7's lr, a smaller network and budget: minutes on 2 cores
     "default": DemoConfig(TrainConfig(n_iters=1200, batch_size=256), hidden=128, depth=3,
-                          n_eval=2000, resolution=200, duration="about 4 min"),
+                          n_eval=2000, resolution=200, duration="about 3 min"),
     # appendix 2.4.7: 5 layers of 256 units, 3000 iterations of batch 800
     "full": DemoConfig(TrainConfig(n_iters=3000, batch_size=800), hidden=256, depth=4,
                        n_eval=2000, resolution=200, duration="over 40 min"),

@@ -62,7 +62,6 @@ def test_fused_equals_the_module_coupling_by_coupling(backend, scale, monkeypatc
 def test_portable_tiles_equal_the_module_coupling_by_coupling(scale, monkeypatch):
     """The C++ flow's portable build (run only on CPUs without AVX2 + FMA), forced here: forward and
     inverse in both dtypes and every gradient in float64, full and partial tiles of 32 rows, odd widths."""
-    monkeypatch.setattr(_C, "set_coupling_flow_portable", _C.set_coupling_flow_portable)  # restored below
     for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
         for dim, batch, kwargs in ((64, 64, dict(n_blocks=4, hidden=64, std=0.1)), (7, 37, dict(hidden=9))):
             unbounded = scale in ("exp", "sigmoid")  # their inverses can overflow

@@ -10,10 +10,12 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <c10/util/StringUtil.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <numbers>
 #include <tuple>
 
@@ -28,6 +30,7 @@ using cpu::kAtan;
 using cpu::kExp;
 using cpu::kSigmoid;
 using cpu::kTanh;
+using cpu::log_scale;
 using cpu::LogScale;
 using cpu::m_exp;
 constexpr int64_t kTile = 256;    // elements of a row per pass: l, e stay in L1
@@ -92,11 +95,6 @@ DGM_INLINE void backward_rows(const cpu::BackwardRows<T>& v, int64_t r0, int64_t
       }
     }
   }
-}
-
-template <int S, typename A>
-DGM_INLINE LogScale<S, A> log_scale(double clamp) {
-  return {static_cast<A>(clamp), static_cast<A>(clamp * (2.0 / std::numbers::pi))};
 }
 
 // The eight (scale, inverse) variants of `rows` as cases of one switch. No
@@ -240,20 +238,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_coupling_backward_op(
 
 }  // namespace
 
-int64_t cpu::scale_code(c10::string_view scale) {
-  constexpr const char* kNames[] = {"exp", "atan", "tanh", "sigmoid"};
-  for (int64_t i = 0; i < 4; ++i) {
-    if (scale == kNames[i]) return i;
+namespace {
+
+// The index of `value` in `names` (the order of SCALES / ACTIVATIONS in dgm_fast/coupling/reference.py).
+int64_t code_of(const char* what, std::initializer_list<const char*> names, c10::string_view value) {
+  int64_t i = 0;
+  for (const char* name : names) {
+    if (value == name) return i;
+    ++i;
   }
-  TORCH_CHECK_VALUE(false, "scale must be one of exp, atan, tanh, sigmoid, got ", scale);
+  TORCH_CHECK_VALUE(false, what, " must be one of ", c10::Join(", ", names), ", got ", value);
+}
+
+}  // namespace
+
+int64_t cpu::scale_code(c10::string_view scale) {
+  return code_of("scale", {"exp", "atan", "tanh", "sigmoid"}, scale);
 }
 
 int64_t cpu::activation_code(c10::string_view activation) {
-  constexpr const char* kNames[] = {"relu", "leaky_relu", "tanh", "elu"};
-  for (int64_t i = 0; i < 4; ++i) {
-    if (activation == kNames[i]) return i;
-  }
-  TORCH_CHECK_VALUE(false, "activation must be one of relu, leaky_relu, tanh, elu, got ", activation);
+  return code_of("activation", {"relu", "leaky_relu", "tanh", "elu"}, activation);
 }
 
 TORCH_LIBRARY_IMPL(dgm_fast, CPU, m) {

@@ -259,19 +259,14 @@ DGM_INLINE void couple_backward_rows(T* const* gy_rows, const T* x, const T* st,
   }
 }
 
-template <int S, typename T>
-DGM_INLINE cpu::LogScale<S, T> log_scale(double clamp) {
-  return {static_cast<T>(clamp), static_cast<T>(clamp * (2.0 / std::numbers::pi))};
-}
-
 // The coupling passes for the flow's scale, a run-time code, as compile-time variants.
 template <typename T>
 DGM_INLINE void couple_any(int64_t scale, double clamp, bool inverse, T* const* rows, const T* st, int64_t dx,
                            T* cl) {
 #define DGM_CASE(S)                                                                   \
   case S:                                                                             \
-    return inverse ? couple_rows<S, true>(rows, st, dx, cl, log_scale<S, T>(clamp))   \
-                   : couple_rows<S, false>(rows, st, dx, cl, log_scale<S, T>(clamp));
+    return inverse ? couple_rows<S, true>(rows, st, dx, cl, cpu::log_scale<S, T>(clamp))   \
+                   : couple_rows<S, false>(rows, st, dx, cl, cpu::log_scale<S, T>(clamp));
   switch (scale) { DGM_CASE(cpu::kExp) DGM_CASE(cpu::kAtan) DGM_CASE(cpu::kTanh) DGM_CASE(cpu::kSigmoid) }
 #undef DGM_CASE
 }
@@ -280,7 +275,7 @@ template <typename T>
 DGM_INLINE void couple_backward_any(int64_t scale, double clamp, T* const* gy, const T* x, const T* st,
                                     const T* gl, int64_t dx, T* gst) {
 #define DGM_CASE(S) \
-  case S: return couple_backward_rows<S>(gy, x, st, gl, dx, gst, log_scale<S, T>(clamp));
+  case S: return couple_backward_rows<S>(gy, x, st, gl, dx, gst, cpu::log_scale<S, T>(clamp));
   switch (scale) { DGM_CASE(cpu::kExp) DGM_CASE(cpu::kAtan) DGM_CASE(cpu::kTanh) DGM_CASE(cpu::kSigmoid) }
 #undef DGM_CASE
 }

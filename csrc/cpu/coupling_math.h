@@ -64,6 +64,13 @@ struct LogScale {
 };
 
 
+// The log-scale of scale S with its constants: clamp, and clamp * 2/pi rounded once (the reference's
+// Python product).
+template <int S, typename A>
+DGM_INLINE LogScale<S, A> log_scale(double clamp) {
+  return {static_cast<A>(clamp), static_cast<A>(clamp * (2.0 / std::numbers::pi))};
+}
+
 // A subnet activation (ACTIVATIONS in dgm_fast/coupling/reference.py) and its
 // gradient from the activation's output a, as torch's threshold_backward /
 // leaky_relu_backward / tanh_backward / elu_backward; NaN passes through both.

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from dgm_fast import _checks
 from dgm_fast.coupling.functional import affine_coupling
-from dgm_fast.coupling.op import FLOW
+from dgm_fast.coupling.op import FLOW, saved_size
 from dgm_fast.coupling.reference import ACTIVATIONS, SCALES
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -106,22 +106,23 @@ class CouplingFlow(nn.Module):
 
     def _flow_op(self, z: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         layers = [layer for subnet in self.subnets for layer in subnet]
+        weights, biases = [x.weight for x in layers], [x.bias for x in layers]
         perms = [getattr(self, f"perm{b}") for b in range(self.n_blocks)]
-        weight = layers[0].weight
-        if (z.dtype, z.device) != (weight.dtype, weight.device):
+        if (z.dtype, z.device) != (weights[0].dtype, weights[0].device):
             raise TypeError(f"the input must have the dtype and device of the flow's parameters "
-                            f"({weight.dtype}, {weight.device}), got {z.dtype}, {z.device}")
-        u, logdet, _ = FLOW(z.contiguous(), [x.weight for x in layers], [x.bias for x in layers], perms,
-                            self.scale, self.clamp, self.activation, inverse, self._keeps_activations(z, layers))
+                            f"({weights[0].dtype}, {weights[0].device}), got {z.dtype}, {z.device}")
+        keep = not inverse and self._keeps_activations(z, weights, biases, perms)
+        u, logdet, _ = FLOW(z.contiguous(), weights, biases, perms, self.scale, self.clamp, self.activation,
+                            inverse, keep)
         return u, logdet
 
-    def _keeps_activations(self, z: Tensor, layers: list[nn.Linear]) -> bool:
-        if not torch.is_grad_enabled() or not (z.requires_grad or layers[0].weight.requires_grad):
+    def _keeps_activations(self, z: Tensor, weights: list[Tensor], biases: list[Tensor], perms: list[Tensor]) -> bool:
+        if not torch.is_grad_enabled() or not torch._C._any_requires_grad(z, *weights, *biases):
             return False  # no backward will read them
         if self.recompute is not None:
             return not self.recompute
-        per_row = sum(x.out_features for x in layers) + self.n_blocks * self.dim  # layer outputs + subnet inputs
-        return z.shape[0] * per_row * z.element_size() <= KEEP_ACTIVATIONS_BYTES
+        kept = saved_size(z, weights, perms, False, True) - saved_size(z, weights, perms, False, False)
+        return kept * z.element_size() <= KEEP_ACTIVATIONS_BYTES
 
     def _check_input(self, name: str, z) -> Tensor:
         _checks.dense_tensor(name, z)

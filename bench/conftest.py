@@ -55,6 +55,11 @@ class BenchConfig:
     def batches(self) -> tuple[int, ...]:
         return (64,) if self.quick else (64, 256)
 
+    @property
+    def warp_batches(self) -> tuple[int, ...]:
+        """Feature volumes per call of the warp benchmarks: 1 (a video frame) and 8."""
+        return (1,) if self.quick else (1, 8)
+
     def sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -72,6 +77,8 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("numel", cfg.sizes, ids=lambda n: f"n=1e{round(math.log10(n))}")
     if "batch" in metafunc.fixturenames:
         metafunc.parametrize("batch", cfg.batches, ids=lambda b: f"batch={b}")
+    if "warp_batch" in metafunc.fixturenames:
+        metafunc.parametrize("warp_batch", cfg.warp_batches, ids=lambda b: f"N={b}")
     if "contender" in metafunc.fixturenames:
         # (contender, dgm_fast backend); plain-PyTorch contenders have no backend
         backends = metafunc.config.getoption("--bench-backend").split(",")

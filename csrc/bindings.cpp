@@ -15,6 +15,7 @@
 #include "cpu/coupling.h"
 #include "cpu/coupling_flow.h"
 #include "cpu/langevin.h"
+#include "cpu/warp.h"
 #include "ops.h"
 #ifdef WITH_CUDA
 #include "cuda/coupling_cuda.h"
@@ -115,6 +116,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "the instruction set the fused flow's tiles run with (\"avx2\" or \"portable\")");
   m.def("set_coupling_flow_portable", &dgm_fast::set_coupling_flow_portable,
         "run the fused flow's portable tiles even where AVX2 is present (tests)");
+  m.def("grid_sample_3d_cpu", &dgm_fast::grid_sample_3d_cpu, py::call_guard<py::gil_scoped_release>());
+  m.def("grid_sample_3d_backward_cpu", &dgm_fast::grid_sample_3d_backward_cpu,
+        py::call_guard<py::gil_scoped_release>());
+  m.def("warp_voxel_offset", &dgm_fast::warp_voxel_offset,
+        "the int64 offset the warp kernels compute for voxel (n, c, z, y, x) of a (N, C, D, H, W) volume",
+        py::arg("channels"), py::arg("depth"), py::arg("height"), py::arg("width"), py::arg("n"), py::arg("c"),
+        py::arg("z"), py::arg("y"), py::arg("x"));
   m.def("build_info", &build_info, "what this extension was compiled with");
   m.def("draw_seed", &draw_seed, "a noise seed in [0, 2**62) from torch's default CPU generator");
   py::class_<dgm_fast::BelowAutogradCall>(m, "BelowAutogradCall",

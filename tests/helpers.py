@@ -12,6 +12,7 @@ import torch
 from dgm_fast.coupling.functional import coupling_args
 from dgm_fast.coupling.reference import SCALES, coupling_flow_reference
 from dgm_fast.langevin.functional import step_args
+from dgm_fast.warp.reference import PADDING_MODES
 
 # float32 kernels differ from the references by the rounding of log/sin/cos
 # (~1e-6 absolute for unit values); 16-bit types by one ulp of the store.
@@ -151,7 +152,53 @@ def _flow_backward_samples(device, dtype) -> list[tuple]:
     return out
 
 
+def _grid_sample_samples(device, dtype) -> list[tuple]:
+    """(input, grid, padding_mode, align_corners): every padding mode and alignment on the first case,
+    one each on the others; grids reaching past [-1, 1] (and, second, NaN, inf and overflowing values),
+    empty batches, channels and outputs, a one-voxel volume, non-contiguous and channels_last_3d
+    inputs. Float32/64 only, as the op."""
+    if dtype not in (torch.float32, torch.float64):
+        return []
+    # (input shape, grid shape, input layout, grid layout)
+    cases = [((2, 3, 4, 5, 6), (2, 3, 4, 5, 3), "contiguous", "contiguous"),
+             ((1, 1, 1, 1, 1), (1, 2, 3, 4, 3), "contiguous", "contiguous"),
+             ((0, 3, 2, 2, 2), (0, 2, 2, 2, 3), "contiguous", "contiguous"),
+             ((3, 5, 3, 4, 7), (3, 2, 6, 5, 3), "transposed", "strided"),
+             ((2, 0, 3, 3, 3), (2, 2, 2, 2, 3), "contiguous", "contiguous"),
+             ((2, 3, 3, 3, 3), (2, 0, 2, 2, 3), "contiguous", "contiguous"),
+             ((2, 4, 3, 5, 2), (2, 3, 1, 4, 3), "channels_last", "contiguous")]
+    options = [(p, a) for a in (False, True) for p in PADDING_MODES]
+    samples = []
+    for i, (in_shape, grid_shape, in_layout, grid_layout) in enumerate(cases):
+        x = make_tensor(in_shape, dtype, device, layout=in_layout.replace("channels_last", "contiguous"), seed=i)
+        if in_layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        grid = make_tensor(grid_shape, dtype, device, layout=grid_layout, scale=0.8, seed=100 + i)
+        samples += [(x, grid, *o) for o in (options if i == 0 else [options[i % len(options)]])]
+    samples.insert(1, (samples[0][0], _special_grid(samples[0][1]), "border", False))
+    return samples
+
+
+def _special_grid(grid: torch.Tensor) -> torch.Tensor:
+    """``grid`` with NaN, infinities and values whose positions overflow planted in it."""
+    grid = grid.clone()
+    specials = [float("nan"), float("inf"), -float("inf"), 1e30, -1e30, 3e38, 1.0, -1.0]
+    grid.view(-1)[torch.arange(len(specials)) * 5 + 1] = torch.tensor(specials, dtype=grid.dtype)
+    return grid
+
+
+def _grid_sample_backward_samples(device, dtype) -> list[tuple]:
+    """(grad_output, input, grid, padding_mode, align_corners)."""
+    out = []
+    for i, (x, grid, *args) in enumerate(_grid_sample_samples(device, dtype)):
+        go = make_tensor((x.shape[0], x.shape[1], *grid.shape[1:4]), dtype, device, seed=700 + i)
+        out.append((go, x, grid, *args))
+    return out
+
+
 OP_SAMPLES = {
+    "grid_sample_3d": _grid_sample_samples,
+    "grid_sample_3d_backward": _grid_sample_backward_samples,
     "coupling_flow": _flow_samples,
     "coupling_flow_backward": _flow_backward_samples,
     "affine_coupling": _coupling_samples,

@@ -418,6 +418,81 @@ def flow_invalid(gradients: bool) -> Callable:
     return cases
 
 
+# --- 3-D warping -------------------------------------------------------------------
+def grid_sample_gradients(input, grid, **kwargs):
+    """The gradients of grid_sample_3d for a fixed output gradient: its fused backward op, reached
+    through autograd (the op has no public function of its own)."""
+    input, grid = (v.detach().requires_grad_() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+                   for v in (input, grid))
+    out = dgm_fast.grid_sample_3d(input, grid, **kwargs)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(out)
+    return torch.autograd.grad(out, (input, grid), grad, allow_unused=True, materialize_grads=True)
+
+
+GRID_SAMPLE_OPTIONS = st.fixed_dictionaries(dict(
+    padding_mode=st.sampled_from(["zeros", "border", "reflection"]), align_corners=st.booleans(),
+))
+
+
+def grid_sample_valid(gradients: bool) -> Callable:
+    @st.composite
+    def cases(draw, device: str, backend: str) -> Case:
+        # float32 grid gradients are sums with cancellation (eps * sum|terms|): compared in float64 here
+        dtype = torch.float64 if gradients else draw(st.sampled_from([torch.float32, torch.float64]))
+        budget = MAX_NUMEL.get(backend, DEFAULT_MAX_NUMEL)
+        n, c = draw(st.integers(0, 3)), draw(st.integers(0, 5))
+        volume = tuple(draw(st.integers(1, 6)) for _ in range(3))
+        out = tuple(draw(st.integers(0, 5)) for _ in range(3))
+        if max(n, 1) * max(c, 1) * max(math.prod(volume), math.prod(out)) > budget:
+            n, c = 1, 1
+        x = draw(tensor_specs((n, c, *volume), dtype, device))
+        grid = draw(tensor_specs((n, *out, 3), dtype, device))
+        # grids mostly around [-1, 1], some far outside; NaN, inf and overflowing positions planted
+        grid = replace(grid, scale=draw(st.sampled_from([0.7, 1.5, 1e-3, 1e3, 1e30])))
+        if gradients:  # finite, moderate input values: an infinite one makes NaN gradients the formula zeroes
+            x = replace(x, scale=draw(st.sampled_from([1.0, 1e-3, 1e3])),
+                        specials=tuple((i, v) for i, v in x.specials if math.isfinite(v) and abs(v) < 1e30))
+        fn = grid_sample_gradients if gradients else dgm_fast.grid_sample_3d
+        return Case(fn, (x, grid), draw(GRID_SAMPLE_OPTIONS))
+
+    return cases
+
+
+_BAD_GRID_SAMPLE_ARGS = {
+    "padding_mode": st.tuples(st.sampled_from(["Zeros", "circular", ""]), st.just(ValueError))
+                    | st.tuples(st.sampled_from([None, 0, ("zeros",)]), st.just(TypeError)),
+    "align_corners": st.tuples(st.sampled_from([0, 1, "yes", None]), st.just(TypeError)),
+}
+
+
+def grid_sample_invalid(gradients: bool) -> Callable:
+    @st.composite
+    def cases(draw, device: str, backend: str) -> Case:
+        x, grid = TensorSpec((2, 3, 4, 5, 6), torch.float32, device=device), TensorSpec((2, 2, 3, 4, 3), torch.float32,
+                                                                                        device=device)
+        args, kwargs = [x, grid], draw(GRID_SAMPLE_OPTIONS)
+        fn = grid_sample_gradients if gradients else dgm_fast.grid_sample_3d
+        if draw(st.booleans()):
+            name, value, error = draw(st.sampled_from([
+                ("input", replace(x, dtype=torch.int64), TypeError),
+                ("input", replace(x, dtype=torch.float16), TypeError),
+                ("input", replace(x, shape=(2, 3, 4, 5)), ValueError),
+                ("input", replace(x, shape=(2, 3, 4, 0, 6)), ValueError),
+                ("input", 1.0, TypeError),
+                ("grid", replace(grid, shape=(2, 2, 3, 4, 2)), ValueError),
+                ("grid", replace(grid, shape=(3, 2, 3, 4, 3)), ValueError),
+                ("grid", replace(grid, shape=(2, 12, 3)), ValueError),
+                ("grid", replace(grid, dtype=torch.float64), TypeError),
+            ]))
+            args[("input", "grid").index(name)] = value
+        else:
+            name = draw(st.sampled_from(sorted(_BAD_GRID_SAMPLE_ARGS)))
+            kwargs[name], error = draw(_BAD_GRID_SAMPLE_ARGS[name])
+        return Case(fn, tuple(args), kwargs, error, name)
+
+    return cases
+
+
 # op name -> (device, backend) -> strategy of Cases; a new op family adds its entries here
 VALID = {
     "langevin_step": langevin_valid(dgm_fast.langevin_step),
@@ -426,6 +501,8 @@ VALID = {
     "affine_coupling_backward": coupling_valid(coupling_gradients),
     "coupling_flow": flow_valid(gradients=False),
     "coupling_flow_backward": flow_valid(gradients=True),
+    "grid_sample_3d": grid_sample_valid(gradients=False),
+    "grid_sample_3d_backward": grid_sample_valid(gradients=True),
 }
 INVALID = {
     "langevin_step": langevin_invalid(dgm_fast.langevin_step),
@@ -434,6 +511,8 @@ INVALID = {
     "affine_coupling_backward": coupling_invalid(coupling_gradients),
     "coupling_flow": flow_invalid(gradients=False),
     "coupling_flow_backward": flow_invalid(gradients=True),
+    "grid_sample_3d": grid_sample_invalid(gradients=False),
+    "grid_sample_3d_backward": grid_sample_invalid(gradients=True),
 }
 
 

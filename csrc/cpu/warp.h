@@ -1,0 +1,27 @@
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+namespace dgm_fast {
+
+// Trilinear sampling of a 5-D volume at the positions of a grid: F.grid_sample with mode
+// "bilinear" on (N, C, D, H, W) input (dissertation §4.3; spec: dgm_fast/warp/reference.py).
+// Contiguous CPU tensors of one dtype (float32/64): input (N, C, D, H, W) with D, H, W > 0,
+// grid (N, Do, Ho, Wo, 3), out (N, C, Do, Ho, Wo). `padding` indexes PADDING_MODES
+// ("zeros", "border", "reflection").
+void grid_sample_3d_cpu(const at::Tensor& input, const at::Tensor& grid, at::Tensor& out, int64_t padding,
+                        bool align_corners);
+
+// Its gradients: grad_input (like input) and grad_grid (like grid) for grad_out (like out).
+void grid_sample_3d_backward_cpu(const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& grid,
+                                 at::Tensor& grad_input, at::Tensor& grad_grid, int64_t padding,
+                                 bool align_corners);
+
+// The element offset the kernels compute for voxel (n, c, z, y, x) of a contiguous (N, C, D, H, W)
+// volume, in int64 (tests check it past 2^31 elements without allocating them).
+int64_t warp_voxel_offset(int64_t c_size, int64_t d, int64_t h, int64_t w, int64_t n, int64_t c, int64_t z,
+                          int64_t y, int64_t x);
+
+}  // namespace dgm_fast

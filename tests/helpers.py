@@ -196,7 +196,57 @@ def _grid_sample_backward_samples(device, dtype) -> list[tuple]:
     return out
 
 
+def _keypoint_warp_samples(device, dtype) -> list[tuple]:
+    """(feature, kp_source, kp_driving, mask, jacobian, mask_is_logits, padding_mode, align_corners,
+    return_deformation): masks and logits, identity and random Jacobians, every padding mode and
+    alignment, no keypoints, empty batches and channels, a NaN keypoint, non-contiguous and
+    channels_last_3d inputs. Float32/64 only, as the op."""
+    if dtype not in (torch.float32, torch.float64):
+        return []
+    # (N, C, feature volume, K, mask volume, feature layout, options)
+    cases = [(2, 3, (4, 5, 6), 3, (3, 4, 5), "contiguous", (False, "zeros", False, False), False),
+             (2, 3, (4, 5, 6), 3, (3, 4, 5), "contiguous", (True, "border", True, True), True),
+             (1, 2, (3, 4, 3), 2, (2, 3, 2), "contiguous", (True, "reflection", False, True), True),  # gradcheck's
+             (0, 3, (2, 2, 2), 2, (2, 2, 2), "contiguous", (False, "zeros", False, True), False),
+             (2, 4, (5, 3, 6), 4, (4, 3, 2), "transposed", (True, "reflection", True, True), True),
+             (2, 3, (3, 3, 3), 0, (2, 3, 4), "contiguous", (False, "border", False, True), False),
+             (1, 0, (3, 3, 3), 2, (2, 2, 3), "contiguous", (True, "zeros", True, False), True),
+             (2, 2, (3, 4, 5), 2, (3, 2, 2), "nan_keypoint", (False, "zeros", False, True), True),
+             (2, 5, (3, 4, 5), 3, (2, 3, 4), "channels_last", (True, "zeros", False, True), True)]
+    samples = []
+    for i, (n, c, volume, k, mask_volume, layout, options, random_jacobian) in enumerate(cases):
+        feature = make_tensor((n, c, *volume), dtype, device, seed=i,
+                              layout="transposed" if layout == "transposed" else "contiguous")
+        if layout == "channels_last":
+            feature = feature.contiguous(memory_format=torch.channels_last_3d)
+        kp_source, kp_driving = (make_tensor((n, k, 3), dtype, device, scale=0.6, seed=50 + 2 * i + j) for j in range(2))
+        if layout == "nan_keypoint" and n:
+            kp_driving[0, 1, 0] = float("nan")
+        mask = make_tensor((n, k + 1, *mask_volume), dtype, device, seed=80 + i)
+        if not options[0]:  # weights, not logits: nonnegative, about 1 in sum
+            mask = torch.softmax(mask, dim=1)
+        eye = torch.eye(3, dtype=dtype, device=device)
+        jacobian = (eye + 0.3 * make_tensor((n, k, 3, 3), dtype, device, seed=90 + i) if random_jacobian
+                    else eye.expand(n, k, 3, 3).contiguous())
+        samples.append((feature, kp_source, kp_driving, mask, jacobian, *options))
+    return samples
+
+
+def _keypoint_warp_backward_samples(device, dtype) -> list[tuple]:
+    """(grad_out, grad_deformation, feature, kp_source, kp_driving, mask, jacobian, mask_is_logits,
+    padding_mode, align_corners)."""
+    out = []
+    for i, (feature, kp_s, kp_d, mask, jac, *options) in enumerate(_keypoint_warp_samples(device, dtype)):
+        n, c, spatial = feature.shape[0], feature.shape[1], tuple(mask.shape[2:])
+        grad_out = make_tensor((n, c, *spatial), dtype, device, seed=300 + i)
+        grad_deformation = make_tensor((n, *spatial, 3), dtype, device, seed=400 + i)
+        out.append((grad_out, grad_deformation, feature, kp_s, kp_d, mask, jac, *options[:3]))
+    return out
+
+
 OP_SAMPLES = {
+    "keypoint_warp_3d": _keypoint_warp_samples,
+    "keypoint_warp_3d_backward": _keypoint_warp_backward_samples,
     "grid_sample_3d": _grid_sample_samples,
     "grid_sample_3d_backward": _grid_sample_backward_samples,
     "coupling_flow": _flow_samples,

@@ -493,6 +493,87 @@ def grid_sample_invalid(gradients: bool) -> Callable:
     return cases
 
 
+def run_keypoint_warp(feature, kp_source, kp_driving, mask, jacobian, gradients, **kwargs):
+    """keypoint_warp_3d's result; with ``gradients``, the gradients of every input for fixed output
+    gradients instead (its fused backward op, reached through autograd)."""
+    if not gradients:
+        return dgm_fast.keypoint_warp_3d(feature, kp_source, kp_driving, mask, jacobian=jacobian, **kwargs)
+    inputs = [v.detach().requires_grad_() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+              for v in (feature, kp_source, kp_driving, mask, jacobian)]
+    out = dgm_fast.keypoint_warp_3d(*inputs[:4], jacobian=inputs[4], return_deformation=True, **kwargs)
+    gen = torch.Generator().manual_seed(1)
+    grads = [torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o) for o in out]
+    wanted = [v for v in inputs if isinstance(v, torch.Tensor)]
+    return torch.autograd.grad(out, wanted, grads, allow_unused=True, materialize_grads=True)
+
+
+def keypoint_warp_valid(gradients: bool) -> Callable:
+    @st.composite
+    def cases(draw, device: str, backend: str) -> Case:
+        dtype = torch.float64 if gradients else draw(st.sampled_from([torch.float32, torch.float64]))
+        n, c, k = draw(st.integers(0, 2)), draw(st.integers(0, 4)), draw(st.integers(0, 4))
+        volume = tuple(draw(st.integers(1, 5)) for _ in range(3))
+        mask_volume = tuple(draw(st.integers(2, 5)) for _ in range(3))
+        feature = draw(tensor_specs((n, c, *volume), dtype, device))
+        kps = [replace(draw(tensor_specs((n, k, 3), dtype, device)), scale=draw(st.sampled_from([0.5, 1.0, 3.0])))
+               for _ in range(2)]
+        mask = draw(tensor_specs((n, k + 1, *mask_volume), dtype, device))
+        jacobian = draw(st.none() | tensor_specs((n, k, 3, 3), dtype, device).map(lambda j: replace(j, scale=0.5)))
+        # the forward takes every value; the gradients are compared on finite, moderate inputs, as
+        # the formula's zeros for unreachable positions then agree with autograd's
+        if gradients:
+            feature, mask, *kps = (replace(t, scale=1.0, specials=()) for t in (feature, mask, *kps))
+            jacobian = jacobian if jacobian is None else replace(jacobian, specials=())
+        kwargs = dict(draw(GRID_SAMPLE_OPTIONS), mask_is_logits=draw(st.booleans()))
+        if not gradients:
+            # weights of 1e3 make phi a sum cancelling to 1e-5 of its terms: float32 positions then
+            # differ by the summation order; logits of any size are normalised by the softmax
+            big = [1e3] if kwargs["mask_is_logits"] or dtype == torch.float64 else []
+            feature = replace(feature, scale=draw(st.sampled_from([1.0, 1e-3, 1e3])))
+            mask = replace(mask, scale=draw(st.sampled_from([1.0, 1e-3, *big])))
+        if not gradients:
+            kwargs["return_deformation"] = draw(st.booleans())
+        return Case(run_keypoint_warp, (feature, *kps, mask, jacobian, gradients), kwargs)
+
+    return cases
+
+
+def keypoint_warp_invalid(gradients: bool) -> Callable:
+    @st.composite
+    def cases(draw, device: str, backend: str) -> Case:
+        def spec(*shape, dtype=torch.float32):
+            return TensorSpec(shape, dtype, device=device)
+
+        args = dict(feature=spec(2, 3, 4, 5, 6), kp_source=spec(2, 3, 3), kp_driving=spec(2, 3, 3),
+                    mask=spec(2, 4, 3, 4, 5), jacobian=None, gradients=gradients)
+        kwargs = dict(draw(GRID_SAMPLE_OPTIONS), mask_is_logits=draw(st.booleans()))
+        name, value, error = draw(st.sampled_from([
+            ("feature", spec(2, 3, 4, 5), ValueError),
+            ("feature", spec(2, 3, 4, 5, 6, dtype=torch.float16), TypeError),
+            ("kp_source", spec(2, 3, 2), ValueError),
+            ("kp_source", spec(3, 3, 3), ValueError),
+            ("kp_driving", spec(2, 4, 3), ValueError),
+            ("kp_driving", spec(2, 3, 3, dtype=torch.float64), TypeError),
+            ("mask", spec(2, 3, 3, 4, 5), ValueError),
+            ("mask", spec(2, 4, 3, 1, 5), ValueError),
+            ("mask", 0.5, TypeError),
+            ("jacobian", spec(2, 3, 3), ValueError),
+            ("jacobian", spec(2, 3, 3, 3, dtype=torch.int64), TypeError),
+            ("mask_is_logits", 1, TypeError),
+            ("padding_mode", "circular", ValueError),
+            ("align_corners", None, TypeError),
+            ("return_deformation", "yes", TypeError),
+        ]))
+        (args if name in args else kwargs)[name] = value
+        if name == "return_deformation" and gradients:
+            name, value, error = "mask_is_logits", 1, TypeError  # the gradients ask for the deformation
+            kwargs.pop("return_deformation")
+            kwargs[name] = value
+        return Case(run_keypoint_warp, tuple(args.values()), kwargs, error, name)
+
+    return cases
+
+
 # op name -> (device, backend) -> strategy of Cases; a new op family adds its entries here
 VALID = {
     "langevin_step": langevin_valid(dgm_fast.langevin_step),
@@ -503,6 +584,8 @@ VALID = {
     "coupling_flow_backward": flow_valid(gradients=True),
     "grid_sample_3d": grid_sample_valid(gradients=False),
     "grid_sample_3d_backward": grid_sample_valid(gradients=True),
+    "keypoint_warp_3d": keypoint_warp_valid(gradients=False),
+    "keypoint_warp_3d_backward": keypoint_warp_valid(gradients=True),
 }
 INVALID = {
     "langevin_step": langevin_invalid(dgm_fast.langevin_step),
@@ -513,6 +596,8 @@ INVALID = {
     "coupling_flow_backward": flow_invalid(gradients=True),
     "grid_sample_3d": grid_sample_invalid(gradients=False),
     "grid_sample_3d_backward": grid_sample_invalid(gradients=True),
+    "keypoint_warp_3d": keypoint_warp_invalid(gradients=False),
+    "keypoint_warp_3d_backward": keypoint_warp_invalid(gradients=True),
 }
 
 

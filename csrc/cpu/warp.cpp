@@ -1,18 +1,7 @@
-// Trilinear 5-D grid sampling on CPU (the warp of face reenactment, dissertation §4.3), forward
-// and backward in one pass each, in the specification's formulas and order of operations
-// (dgm_fast/warp/reference.py, which equals F.grid_sample).
-//
-// Work is cut into blocks of kBlock output voxels. A block's corner offsets and trilinear
-// weights are computed once from the grid and reused for every channel, so the channel loop
-// is 8 loads and 8 products per voxel; voxels with a corner outside the volume (only at the
-// edges, under "zeros" padding or past the border) are redone with bounds checks.
-//
-// * Forward: parallel over (batch, voxel block): at N = 1 every thread has work (PyTorch's
-//   3-D CPU kernel parallelises over the batch only).
-// * Backward: the input gradient is a scatter. Each task owns whole channels of one sample, so
-//   the scatter needs no atomics and no per-thread copies of the volume and is deterministic;
-//   samples are split into channel groups when the batch alone has fewer items than threads,
-//   each group adding up its own part of the grid gradient, summed in a fixed order at the end.
+// The 3-D warping ops on CPU (face reenactment, dissertation §4.3): trilinear grid sampling of
+// a 5-D volume, and the keypoint-driven warp whose sampling positions are the dense motion of
+// §4.3.3 computed per block of voxels, never stored. Both run the sampler of warp_sampler.h;
+// specification: dgm_fast/warp/reference.py.
 #include "cpu/warp.h"
 
 #include <ATen/Dispatch.h>
@@ -20,272 +9,286 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
-#include <memory>
 #include <vector>
+
+#include "cpu/vec_math.h"
+#include "cpu/warp_sampler.h"
 
 namespace dgm_fast {
 namespace {
 
-enum Padding : int64_t { kZeros = 0, kBorder = 1, kReflection = 2 };  // PADDING_MODES' order
-constexpr int64_t kBlock = 64;  // output voxels per block: its offsets and weights stay in L1
-constexpr uint8_t kAllInside = 0xFF;
+using cpu::warp::Block;
+using cpu::warp::Geometry;
+using cpu::warp::kBlock;
+using cpu::warp::kReflection;
+using cpu::warp::kZeros;
 
-// Sizes of one sample's volumes.
-struct Geometry {
-  int64_t c, d, h, w;  // input channels and spatial sizes
-  int64_t voxels;      // output voxels per sample, Do * Ho * Wo
-  int64_t padding;
-  bool align_corners;
-  int64_t in_volume() const { return d * h * w; }
-  // int64 offsets throughout: a volume may pass 2^31 elements
-  int64_t channel_offset(int64_t n, int64_t channel) const { return (n * c + channel) * in_volume(); }
-  int64_t voxel_offset(int64_t z, int64_t y, int64_t x) const { return (z * h + y) * w + x; }
-};
-
-// --- positions (reference.py: source_position) ---------------------------------------------
-// Each returns the voxel position and multiplies `grad` by its derivative, as autograd of the
-// reference does.
-template <typename T>
-T clip(T u, int64_t n, T& grad) {
-  if (u <= T(0)) {
-    grad = 0;
-    return 0;
-  }
-  const T high = static_cast<T>(n - 1);
-  if (u >= high) {
-    grad = 0;
-    return high;
-  }
-  return u;
-}
-
-template <typename T>
-T reflect(T u, int64_t twice_low, int64_t twice_high, T& grad) {
-  if (twice_low == twice_high) {
-    grad = 0;
-    return 0;
-  }
-  const T low = static_cast<T>(twice_low) / 2, span = static_cast<T>(twice_high - twice_low) / 2;
-  T in = u - low;
-  const T sign = in > 0 ? T(1) : in < 0 ? T(-1) : T(0);  // |.|'s derivative as autograd takes it
-  in = std::fabs(in);
-  const T extra = std::fmod(in, span);
-  const bool even = std::fmod(std::floor(in / span), T(2)) == 0;
-  grad *= even ? sign : -sign;
-  return even ? extra + low : span - extra + low;
-}
-
-template <typename T>
-T source_position(T c, int64_t n, int64_t padding, bool align_corners, T& grad) {
-  T u;
-  if (align_corners) {
-    u = (c + 1) / 2 * static_cast<T>(n - 1);
-    grad = static_cast<T>(n - 1) / 2;
-  } else {
-    u = ((c + 1) * static_cast<T>(n) - 1) / 2;
-    grad = static_cast<T>(n) / 2;
-  }
-  if (!std::isfinite(u)) {  // NaN, inf or an overflowed position: read nothing, or the edge
-    grad = 0;
-    if (padding == kZeros) return -2;
-    return padding == kBorder && u < 0 ? T(0) : static_cast<T>(n - 1);
-  }
-  if (padding == kZeros) {
-    // every corner of a position at or past -1 or n is outside; -2 also keeps floor() in int64
-    return u > -2 && u < static_cast<T>(n + 1) ? u : T(-2);
-  }
-  if (padding == kReflection) {
-    u = align_corners ? reflect(u, 0, 2 * (n - 1), grad) : reflect(u, -1, 2 * n - 1, grad);
-  }
-  return clip(u, n, grad);
-}
-
-// --- one block's corners -----------------------------------------------------------------
-// Corner k = (x0 + (k & 1), y0 + (k >> 1 & 1), z0 + (k >> 2)): the reference's order.
-template <typename T>
-struct Block {
-  int64_t n = 0;                  // voxels in this block
-  alignas(64) int64_t off[8][kBlock];  // offset in a channel's volume (0 where outside)
-  alignas(64) T w[8][kBlock];     // trilinear weight
-  uint8_t inside[kBlock];         // bit k: corner k inside the volume
-  int64_t edge[kBlock];           // the voxels with a corner outside
-  int64_t n_edge = 0;
-  // backward only: the per-axis weights (lo, hi) and d position / d grid coordinate
-  alignas(64) T f[3][2][kBlock];
-  alignas(64) T mult[3][kBlock];
-
-  // The corners of output voxels [v0, v0 + count) of a sample whose grid is `grid`.
-  void compute(const T* grid, int64_t v0, int64_t count, const Geometry& g) {
-    n = count;
-    n_edge = 0;
-    const int64_t sizes[3] = {g.w, g.h, g.d};
-    for (int64_t j = 0; j < count; ++j) {
-      const T* c = grid + 3 * (v0 + j);
-      int64_t lo[3];
-      for (int a = 0; a < 3; ++a) {
-        const T p = source_position(c[a], sizes[a], g.padding, g.align_corners, mult[a][j]);
-        const T fl = std::floor(p);
-        lo[a] = static_cast<int64_t>(fl);
-        f[a][0][j] = (fl + 1) - p;  // torch's (x1 - x)
-        f[a][1][j] = p - fl;        // and (x - x0)
-      }
-      uint8_t mask = 0;
-      for (int k = 0; k < 8; ++k) {
-        const int64_t x = lo[0] + (k & 1), y = lo[1] + (k >> 1 & 1), z = lo[2] + (k >> 2);
-        const bool in = x >= 0 && x < g.w && y >= 0 && y < g.h && z >= 0 && z < g.d;
-        mask |= static_cast<uint8_t>(in) << k;
-        off[k][j] = in ? g.voxel_offset(z, y, x) : 0;
-        w[k][j] = f[0][k & 1][j] * f[1][k >> 1 & 1][j] * f[2][k >> 2][j];
-      }
-      inside[j] = mask;
-      if (mask != kAllInside) edge[n_edge++] = j;
-    }
-  }
-};
-
-// --- forward -----------------------------------------------------------------------------
-template <typename T>
-inline T sample_all_inside(const T* src, const Block<T>& b, int64_t j) {
-  T acc = src[b.off[0][j]] * b.w[0][j];
-  for (int k = 1; k < 8; ++k) acc += src[b.off[k][j]] * b.w[k][j];
-  return acc;
-}
-
-template <typename T>
-inline T sample_edge(const T* src, const Block<T>& b, int64_t j) {
-  T acc = 0;
-  for (int k = 0; k < 8; ++k) {
-    if (b.inside[j] >> k & 1) acc += src[b.off[k][j]] * b.w[k][j];
-  }
-  return acc;
-}
-
-template <typename T>
-void forward(const T* input, const T* grid, T* out, int64_t batch, const Geometry& g) {
-  const int64_t blocks = (g.voxels + kBlock - 1) / kBlock;
-  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, kBlock * g.c));
-  at::parallel_for(0, batch * blocks, grain, [&](int64_t begin, int64_t end) {
-    auto block = std::make_unique<Block<T>>();
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / blocks, v0 = item % blocks * kBlock;
-      Block<T>& b = *block;
-      b.compute(grid + n * g.voxels * 3, v0, std::min(kBlock, g.voxels - v0), g);
-      for (int64_t c = 0; c < g.c; ++c) {
-        const T* src = input + g.channel_offset(n, c);
-        T* dst = out + (n * g.c + c) * g.voxels + v0;
-        for (int64_t j = 0; j < b.n; ++j) dst[j] = sample_all_inside(src, b, j);  // offset 0 is a safe read
-        for (int64_t e = 0; e < b.n_edge; ++e) dst[b.edge[e]] = sample_edge(src, b, b.edge[e]);
-      }
-    }
-  });
-}
-
-// --- backward ----------------------------------------------------------------------------
-// Channels [c0, c1) of sample n: their input gradient (zeroed here, then scattered into) and
-// their part of the grid gradient, written to grad_grid (n's (voxels, 3) rows).
-template <typename T>
-void backward_channels(const T* grad_out, const T* input, const T* grid, T* grad_input, T* grad_grid, int64_t n,
-                       int64_t c0, int64_t c1, const Geometry& g) {
-  std::fill(grad_input + g.channel_offset(n, c0), grad_input + g.channel_offset(n, c1), T(0));
-  auto block = std::make_unique<Block<T>>();
-  Block<T>& b = *block;
-  for (int64_t v0 = 0; v0 < g.voxels; v0 += kBlock) {
-    b.compute(grid + n * g.voxels * 3, v0, std::min(kBlock, g.voxels - v0), g);
-    alignas(64) T acc[3][kBlock] = {};
-    for (int64_t c = c0; c < c1; ++c) {
-      const T* src = input + g.channel_offset(n, c);
-      T* gin = grad_input + g.channel_offset(n, c);
-      const T* go = grad_out + (n * g.c + c) * g.voxels + v0;
-      for (int64_t j = 0; j < b.n; ++j) {
-        const uint8_t mask = b.inside[j];
-        const T gj = go[j];
-        T v[8];
-        for (int k = 0; k < 8; ++k) {
-          const bool in = mask >> k & 1;
-          v[k] = in ? src[b.off[k][j]] : T(0);
-          if (in) gin[b.off[k][j]] += b.w[k][j] * gj;
-        }
-        // d out / d position along x, y, z: differences of corners times the other axes' weights
-        const T fx0 = b.f[0][0][j], fx1 = b.f[0][1][j], fy0 = b.f[1][0][j], fy1 = b.f[1][1][j];
-        const T fz0 = b.f[2][0][j], fz1 = b.f[2][1][j];
-        acc[0][j] += gj * ((v[1] - v[0]) * fy0 * fz0 + (v[3] - v[2]) * fy1 * fz0 + (v[5] - v[4]) * fy0 * fz1 +
-                           (v[7] - v[6]) * fy1 * fz1);
-        acc[1][j] += gj * ((v[2] - v[0]) * fx0 * fz0 + (v[3] - v[1]) * fx1 * fz0 + (v[6] - v[4]) * fx0 * fz1 +
-                           (v[7] - v[5]) * fx1 * fz1);
-        acc[2][j] += gj * ((v[4] - v[0]) * fx0 * fy0 + (v[5] - v[1]) * fx1 * fy0 + (v[6] - v[2]) * fx0 * fy1 +
-                           (v[7] - v[3]) * fx1 * fy1);
-      }
-    }
-    T* gg = grad_grid + (n * g.voxels + v0) * 3;
-    for (int64_t j = 0; j < b.n; ++j) {
-      for (int a = 0; a < 3; ++a) gg[3 * j + a] = acc[a][j] * b.mult[a][j];
-    }
-  }
-}
-
-template <typename T>
-void backward(const T* grad_out, const T* input, const T* grid, T* grad_input, T* grad_grid, int64_t batch,
-              const Geometry& g) {
-  // channel groups per sample: enough tasks for every thread, none smaller than one channel
-  const int64_t threads = at::get_num_threads();
-  const int64_t groups = batch >= threads ? 1 : std::max<int64_t>(1, std::min(g.c, (threads + batch - 1) / batch));
-  const int64_t grid_size = batch * g.voxels * 3;
-  std::vector<T> parts(groups > 1 ? groups * grid_size : 0);  // each group's grid gradient
-  at::parallel_for(0, batch * groups, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / groups, group = item % groups;
-      const int64_t c0 = g.c * group / groups, c1 = g.c * (group + 1) / groups;
-      T* gg = groups > 1 ? parts.data() + group * grid_size : grad_grid;
-      backward_channels(grad_out, input, grid, grad_input, gg, n, c0, c1, g);
-    }
-  });
-  if (groups > 1) {
-    at::parallel_for(0, grid_size, 1 << 14, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        T sum = parts[i];
-        for (int64_t group = 1; group < groups; ++group) sum += parts[group * grid_size + i];
-        grad_grid[i] = sum;
-      }
-    });
-  }
-}
-
-Geometry geometry(const at::Tensor& input, const at::Tensor& grid, int64_t padding, bool align_corners) {
-  TORCH_CHECK(input.dim() == 5 && grid.dim() == 5 && grid.size(4) == 3 && grid.size(0) == input.size(0),
-              "grid_sample_3d: expected input (N, C, D, H, W) and grid (N, Do, Ho, Wo, 3)");
+Geometry geometry(const at::Tensor& input, int64_t voxels, int64_t padding, bool align_corners) {
+  TORCH_CHECK(input.dim() == 5, "warp: expected input (N, C, D, H, W)");
   TORCH_CHECK(input.size(2) > 0 && input.size(3) > 0 && input.size(4) > 0,
-              "grid_sample_3d: input must have non-empty spatial dimensions");
-  TORCH_CHECK(padding >= kZeros && padding <= kReflection, "grid_sample_3d: unknown padding code ", padding);
-  return {input.size(1), input.size(2), input.size(3), input.size(4), grid.size(1) * grid.size(2) * grid.size(3),
-          padding, align_corners};
+              "warp: input must have non-empty spatial dimensions");
+  TORCH_CHECK(padding >= kZeros && padding <= kReflection, "warp: unknown padding code ", padding);
+  return {input.size(1), input.size(2), input.size(3), input.size(4), voxels, padding, align_corners};
 }
+
+// --- grid_sample_3d: positions from a grid ----------------------------------------------------
+template <typename T>
+struct GridPositions {
+  const T* grid;  // (N, V, 3)
+  int64_t voxels;
+
+  void operator()(int64_t n, int64_t v0, int64_t count, Block<T>& b) const {
+    const T* c = grid + (n * voxels + v0) * 3;
+    for (int64_t j = 0; j < count; ++j) {
+      for (int a = 0; a < 3; ++a) b.coord[a][j] = c[3 * j + a];
+    }
+  }
+};
+
+// --- keypoint_warp_3d: positions from the keypoints ---------------------------------------------
+inline float exp_of(float x) { return cpu::exp_f(x); }
+inline double exp_of(double x) { return std::exp(x); }
+
+// The deformation phi(p) = sum_k m_k(p) T_k(p) over the identity grid p of the mask's volume,
+// T_0(p) = p and T_k(p) = J_k (p - kp_driving_k) + kp_source_k (§4.3.3: FOMM's local affine
+// motions, J_k = A_sk^-1 A_dk), m = the mask or its softmax over the K + 1 motions.
+template <typename T>
+struct KeypointPositions {
+  const T *kp_source, *kp_driving, *mask, *jacobian;  // (N, K, 3), (N, K, 3), (N, K + 1, V), (N, K, 3, 3)
+  int64_t keypoints;
+  int64_t d, h, w;  // the mask's (output) volume
+  bool logits;
+
+  int64_t voxels() const { return d * h * w; }
+
+  // identity grid: 2 * (i / (n - 1)) - 1 per axis, as FOMM's make_coordinate_grid
+  void identity(int64_t v, T p[3]) const {
+    const int64_t x = v % w, y = v / w % h, z = v / (w * h);
+    p[0] = T(2) * (static_cast<T>(x) / static_cast<T>(w - 1)) - T(1);
+    p[1] = T(2) * (static_cast<T>(y) / static_cast<T>(h - 1)) - T(1);
+    p[2] = T(2) * (static_cast<T>(z) / static_cast<T>(d - 1)) - T(1);
+  }
+
+  // T_k(p) for keypoint k (1-based in the motions, 0-based here) of sample n, and p - kp_driving_k
+  void motion(int64_t n, int64_t k, const T p[3], T out[3], T diff[3]) const {
+    const T* kd = kp_driving + (n * keypoints + k) * 3;
+    const T* ks = kp_source + (n * keypoints + k) * 3;
+    const T* jac = jacobian + (n * keypoints + k) * 9;
+    for (int a = 0; a < 3; ++a) diff[a] = p[a] - kd[a];
+    for (int a = 0; a < 3; ++a) out[a] = jac[3 * a] * diff[0] + jac[3 * a + 1] * diff[1] + jac[3 * a + 2] * diff[2] + ks[a];
+  }
+
+  // m[k * kBlock + j]: the block's K + 1 mask weights (softmax over k of the logits)
+  void weights(int64_t n, int64_t v0, int64_t count, T* m) const {
+    const int64_t motions = keypoints + 1, v_all = voxels();
+    for (int64_t k = 0; k < motions; ++k) {
+      const T* src = mask + (n * motions + k) * v_all + v0;
+      std::copy(src, src + count, m + k * kBlock);
+    }
+    if (!logits) return;
+    alignas(64) T top[kBlock], sum[kBlock];
+    std::copy(m, m + count, top);
+    for (int64_t k = 1; k < motions; ++k) {
+      for (int64_t j = 0; j < count; ++j) top[j] = std::max(top[j], m[k * kBlock + j]);
+    }
+    std::fill(sum, sum + count, T(0));
+    for (int64_t k = 0; k < motions; ++k) {
+      for (int64_t j = 0; j < count; ++j) {
+        m[k * kBlock + j] = exp_of(m[k * kBlock + j] - top[j]);
+        sum[j] += m[k * kBlock + j];
+      }
+    }
+    for (int64_t k = 0; k < motions; ++k) {
+      for (int64_t j = 0; j < count; ++j) m[k * kBlock + j] /= sum[j];
+    }
+  }
+
+  void operator()(int64_t n, int64_t v0, int64_t count, Block<T>& b) const {
+    b.scratch.resize((keypoints + 1) * kBlock);
+    T* m = b.scratch.data();
+    weights(n, v0, count, m);
+    for (int64_t j = 0; j < count; ++j) {
+      T p[3], t[3], diff[3];
+      identity(v0 + j, p);
+      T phi[3] = {m[j] * p[0], m[j] * p[1], m[j] * p[2]};
+      for (int64_t k = 0; k < keypoints; ++k) {
+        motion(n, k, p, t, diff);
+        const T mk = m[(k + 1) * kBlock + j];
+        for (int a = 0; a < 3; ++a) phi[a] += mk * t[a];
+      }
+      for (int a = 0; a < 3; ++a) b.coord[a][j] = phi[a];
+    }
+  }
+
+  // Given grad_phi of sample n's voxels [v0, v0 + count): the mask's (or logits') gradient, and the
+  // per-keypoint sums A_k = sum_v m_k grad_phi and B_k = sum_v m_k grad_phi p^T (acc: K x 12) from
+  // which the keypoints' and Jacobians' gradients follow.
+  void backward_block(int64_t n, int64_t v0, int64_t count, const T* grad_phi, T* grad_mask, double* acc,
+                      T* m) const {
+    weights(n, v0, count, m);
+    const int64_t motions = keypoints + 1, v_all = voxels();
+    for (int64_t j = 0; j < count; ++j) {
+      T p[3], t[3], diff[3];
+      identity(v0 + j, p);
+      const T* g = grad_phi + (n * v_all + v0 + j) * 3;
+      T dot = 0;
+      T* out = grad_mask + n * motions * v_all + v0 + j;
+      for (int64_t k = 0; k < motions; ++k) {
+        T tk[3] = {p[0], p[1], p[2]};
+        if (k > 0) {
+          motion(n, k - 1, p, t, diff);
+          tk[0] = t[0], tk[1] = t[1], tk[2] = t[2];
+          const T mk = m[k * kBlock + j];
+          double* a_k = acc + (k - 1) * 12;
+          for (int a = 0; a < 3; ++a) {
+            const double mg = static_cast<double>(mk) * static_cast<double>(g[a]);
+            a_k[a] += mg;
+            for (int c = 0; c < 3; ++c) a_k[3 + 3 * a + c] += mg * static_cast<double>(p[c]);
+          }
+        }
+        const T gmk = g[0] * tk[0] + g[1] * tk[1] + g[2] * tk[2];
+        if (logits) dot += m[k * kBlock + j] * gmk;
+        out[k * v_all] = gmk;
+      }
+      if (logits) {  // softmax's backward: s_k (g_k - sum_j s_j g_j)
+        for (int64_t k = 0; k < motions; ++k) out[k * v_all] = m[k * kBlock + j] * (out[k * v_all] - dot);
+      }
+    }
+  }
+};
 
 }  // namespace
 
+// --- grid_sample_3d --------------------------------------------------------------------------
 void grid_sample_3d_cpu(const at::Tensor& input, const at::Tensor& grid, at::Tensor& out, int64_t padding,
                         bool align_corners) {
-  const Geometry g = geometry(input, grid, padding, align_corners);
+  TORCH_CHECK(grid.dim() == 5 && grid.size(4) == 3 && grid.size(0) == input.size(0),
+              "grid_sample_3d: expected grid (N, Do, Ho, Wo, 3)");
+  const Geometry g = geometry(input, grid.size(1) * grid.size(2) * grid.size(3), padding, align_corners);
   if (out.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "grid_sample_3d_cpu", [&] {
-    forward(input.const_data_ptr<scalar_t>(), grid.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
-            input.size(0), g);
+    const GridPositions<scalar_t> positions{grid.const_data_ptr<scalar_t>(), g.voxels};
+    cpu::warp::forward(input.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), input.size(0), g, positions,
+                       [](int64_t, int64_t, const Block<scalar_t>&) {});
   });
 }
 
 void grid_sample_3d_backward_cpu(const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& grid,
                                  at::Tensor& grad_input, at::Tensor& grad_grid, int64_t padding,
                                  bool align_corners) {
-  const Geometry g = geometry(input, grid, padding, align_corners);
+  const Geometry g = geometry(input, grid.size(1) * grid.size(2) * grid.size(3), padding, align_corners);
   if (input.size(0) == 0 || g.voxels == 0 || g.c == 0) {  // nothing sampled: zero gradients
     grad_input.zero_();
     grad_grid.zero_();
     return;
   }
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "grid_sample_3d_backward_cpu", [&] {
-    backward(grad_out.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
-             grid.const_data_ptr<scalar_t>(), grad_input.data_ptr<scalar_t>(), grad_grid.data_ptr<scalar_t>(),
-             input.size(0), g);
+    const GridPositions<scalar_t> positions{grid.const_data_ptr<scalar_t>(), g.voxels};
+    cpu::warp::backward(grad_out.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
+                        grad_input.data_ptr<scalar_t>(), grad_grid.data_ptr<scalar_t>(), input.size(0), g, positions);
+  });
+}
+
+// --- keypoint_warp_3d ------------------------------------------------------------------------
+namespace {
+
+template <typename T>
+KeypointPositions<T> keypoint_positions(const at::Tensor& kp_source, const at::Tensor& kp_driving,
+                                        const at::Tensor& mask, const at::Tensor& jacobian, bool logits) {
+  return {kp_source.const_data_ptr<T>(), kp_driving.const_data_ptr<T>(), mask.const_data_ptr<T>(),
+          jacobian.const_data_ptr<T>(), kp_source.size(1), mask.size(2), mask.size(3), mask.size(4), logits};
+}
+
+void check_keypoint_shapes(const at::Tensor& feature, const at::Tensor& kp_source, const at::Tensor& kp_driving,
+                           const at::Tensor& mask, const at::Tensor& jacobian) {
+  const int64_t n = feature.size(0), k = kp_source.size(1);
+  TORCH_CHECK(kp_source.dim() == 3 && kp_source.size(0) == n && kp_source.size(2) == 3 &&
+                  kp_driving.sizes() == kp_source.sizes() && mask.dim() == 5 && mask.size(0) == n &&
+                  mask.size(1) == k + 1 && mask.size(2) > 1 && mask.size(3) > 1 && mask.size(4) > 1 &&
+                  jacobian.dim() == 4 && jacobian.size(0) == n && jacobian.size(1) == k && jacobian.size(2) == 3 &&
+                  jacobian.size(3) == 3,
+              "keypoint_warp_3d: expected keypoints (N, K, 3), mask (N, K + 1, D, H, W) and jacobian (N, K, 3, 3)");
+}
+
+}  // namespace
+
+void keypoint_warp_3d_cpu(const at::Tensor& feature, const at::Tensor& kp_source, const at::Tensor& kp_driving,
+                          const at::Tensor& mask, const at::Tensor& jacobian, at::Tensor& out,
+                          at::Tensor& deformation, bool mask_is_logits, int64_t padding, bool align_corners,
+                          bool return_deformation) {
+  check_keypoint_shapes(feature, kp_source, kp_driving, mask, jacobian);
+  const Geometry g = geometry(feature, mask.size(2) * mask.size(3) * mask.size(4), padding, align_corners);
+  if (feature.size(0) == 0) return;
+  AT_DISPATCH_FLOATING_TYPES(feature.scalar_type(), "keypoint_warp_3d_cpu", [&] {
+    const auto positions = keypoint_positions<scalar_t>(kp_source, kp_driving, mask, jacobian, mask_is_logits);
+    scalar_t* phi = return_deformation ? deformation.data_ptr<scalar_t>() : nullptr;
+    cpu::warp::forward(feature.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), feature.size(0), g, positions,
+                       [&](int64_t n, int64_t v0, const Block<scalar_t>& b) {
+                         if (phi == nullptr) return;
+                         scalar_t* dst = phi + (n * g.voxels + v0) * 3;
+                         for (int64_t j = 0; j < b.n; ++j) {
+                           for (int a = 0; a < 3; ++a) dst[3 * j + a] = b.coord[a][j];
+                         }
+                       });
+  });
+}
+
+void keypoint_warp_3d_backward_cpu(const at::Tensor& grad_out, const at::Tensor& grad_deformation,
+                                   const at::Tensor& feature, const at::Tensor& kp_source,
+                                   const at::Tensor& kp_driving, const at::Tensor& mask, const at::Tensor& jacobian,
+                                   at::Tensor& grad_feature, at::Tensor& grad_kp_source, at::Tensor& grad_kp_driving,
+                                   at::Tensor& grad_mask, at::Tensor& grad_jacobian, bool mask_is_logits,
+                                   int64_t padding, bool align_corners) {
+  check_keypoint_shapes(feature, kp_source, kp_driving, mask, jacobian);
+  const Geometry g = geometry(feature, mask.size(2) * mask.size(3) * mask.size(4), padding, align_corners);
+  const int64_t batch = feature.size(0), keypoints = kp_source.size(1);
+  AT_DISPATCH_FLOATING_TYPES(feature.scalar_type(), "keypoint_warp_3d_backward_cpu", [&] {
+    using T = scalar_t;
+    const auto positions = keypoint_positions<T>(kp_source, kp_driving, mask, jacobian, mask_is_logits);
+    // 1. the sampler's backward: grad_feature and the deformation's gradient (plus the caller's)
+    std::vector<T> grad_phi(batch * g.voxels * 3, T(0));
+    if (batch > 0 && g.voxels > 0 && g.c > 0) {
+      cpu::warp::backward(grad_out.const_data_ptr<T>(), feature.const_data_ptr<T>(), grad_feature.data_ptr<T>(),
+                          grad_phi.data(), batch, g, positions);
+    } else {
+      grad_feature.zero_();
+    }
+    const T* gd = grad_deformation.const_data_ptr<T>();
+    for (size_t i = 0; i < grad_phi.size(); ++i) grad_phi[i] += gd[i];
+    // 2. the mask's gradient per voxel; the keypoints' as per-thread sums in double, reduced in order
+    const int64_t blocks = (g.voxels + kBlock - 1) / kBlock, threads = at::get_num_threads();
+    std::vector<double> sums(threads * batch * keypoints * 12, 0.0);
+    const T* gp = grad_phi.data();
+    T* gm = grad_mask.data_ptr<T>();
+    at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> m((keypoints + 1) * kBlock);
+      double* mine = sums.data() + at::get_thread_num() * batch * keypoints * 12;
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t n = item / blocks, v0 = item % blocks * kBlock;
+        positions.backward_block(n, v0, std::min(kBlock, g.voxels - v0), gp, gm, mine + n * keypoints * 12,
+                                 m.data());
+      }
+    });
+    const T *kd = kp_driving.const_data_ptr<T>(), *jac = jacobian.const_data_ptr<T>();
+    T *g_ks = grad_kp_source.data_ptr<T>(), *g_kd = grad_kp_driving.data_ptr<T>(), *g_j = grad_jacobian.data_ptr<T>();
+    for (int64_t i = 0; i < batch * keypoints; ++i) {
+      double a[3] = {}, b[9] = {};
+      for (int64_t t = 0; t < threads; ++t) {
+        const double* s = sums.data() + (t * batch * keypoints + i) * 12;
+        for (int q = 0; q < 3; ++q) a[q] += s[q];
+        for (int q = 0; q < 9; ++q) b[q] += s[3 + q];
+      }
+      // T_k = J (p - kd) + ks: d/d ks = A, d/d kd = -J^T A, d/d J = B - A kd^T
+      for (int q = 0; q < 3; ++q) {
+        g_ks[3 * i + q] = static_cast<T>(a[q]);
+        double s = 0;
+        for (int r = 0; r < 3; ++r) s += static_cast<double>(jac[9 * i + 3 * r + q]) * a[r];
+        g_kd[3 * i + q] = static_cast<T>(-s);
+        for (int r = 0; r < 3; ++r) {
+          g_j[9 * i + 3 * q + r] = static_cast<T>(b[3 * q + r] - a[q] * static_cast<double>(kd[3 * i + r]));
+        }
+      }
+    }
   });
 }
 

@@ -19,6 +19,24 @@ void grid_sample_3d_backward_cpu(const at::Tensor& grad_out, const at::Tensor& i
                                  at::Tensor& grad_input, at::Tensor& grad_grid, int64_t padding,
                                  bool align_corners);
 
+// Keypoint-driven warp (§4.3.3): feature (N, C, Df, Hf, Wf) sampled at the deformation
+// phi(p) = sum_k m_k(p) T_k(p) over the identity grid p of the mask's volume (D, H, W), with
+// T_0(p) = p, T_k(p) = J_k (p - kp_driving_k) + kp_source_k; kp_source, kp_driving (N, K, 3),
+// mask (N, K + 1, D, H, W) (m = its softmax over dim 1 when mask_is_logits), jacobian
+// (N, K, 3, 3); out (N, C, D, H, W) and, when return_deformation, deformation (N, D, H, W, 3).
+void keypoint_warp_3d_cpu(const at::Tensor& feature, const at::Tensor& kp_source, const at::Tensor& kp_driving,
+                          const at::Tensor& mask, const at::Tensor& jacobian, at::Tensor& out,
+                          at::Tensor& deformation, bool mask_is_logits, int64_t padding, bool align_corners,
+                          bool return_deformation);
+
+// Its gradients for grad_out and grad_deformation (N, D, H, W, 3; zeros when not returned).
+void keypoint_warp_3d_backward_cpu(const at::Tensor& grad_out, const at::Tensor& grad_deformation,
+                                   const at::Tensor& feature, const at::Tensor& kp_source,
+                                   const at::Tensor& kp_driving, const at::Tensor& mask, const at::Tensor& jacobian,
+                                   at::Tensor& grad_feature, at::Tensor& grad_kp_source, at::Tensor& grad_kp_driving,
+                                   at::Tensor& grad_mask, at::Tensor& grad_jacobian, bool mask_is_logits,
+                                   int64_t padding, bool align_corners);
+
 // The element offset the kernels compute for voxel (n, c, z, y, x) of a contiguous (N, C, D, H, W)
 // volume, in int64 (tests check it past 2^31 elements without allocating them).
 int64_t warp_voxel_offset(int64_t c_size, int64_t d, int64_t h, int64_t w, int64_t n, int64_t c, int64_t z,

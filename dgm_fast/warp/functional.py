@@ -6,34 +6,55 @@ import torch
 from torch import Tensor
 
 from dgm_fast import _checks
-from dgm_fast.warp.op import GRID_SAMPLE_3D, GridSampleArgs
+from dgm_fast.warp.op import GRID_SAMPLE_3D, KEYPOINT_WARP_3D, GridSampleArgs, KeypointWarpArgs
 from dgm_fast.warp.reference import PADDING_MODES
 
 WARP_DTYPES = frozenset((torch.float32, torch.float64))  # grid positions need more than 16 bits
 
 
-def grid_sample_args(input, grid, padding_mode, align_corners) -> GridSampleArgs:
-    """Checked arguments in the ops' form; bad ones raise naming the argument."""
-    _checks.dense_tensor("input", input, WARP_DTYPES)
-    if input.dim() != 5:
-        raise ValueError(f"input must be 5-D (N, C, D, H, W), got shape {tuple(input.shape)}")
-    if 0 in input.shape[2:]:
-        raise ValueError(f"input must have non-empty spatial dimensions (D, H, W), got {tuple(input.shape)}")
-    _checks.dense_tensor("grid", grid, WARP_DTYPES)
-    if grid.dim() != 5 or grid.shape[-1] != 3:
-        raise ValueError(f"grid must be 5-D (N, D_out, H_out, W_out, 3), got shape {tuple(grid.shape)}")
-    if grid.shape[0] != input.shape[0]:
-        raise ValueError(f"grid must have input's batch size {input.shape[0]}, got {grid.shape[0]}")
-    if grid.dtype != input.dtype:
-        raise TypeError(f"grid must have the dtype of input ({input.dtype}), got {grid.dtype}")
-    if grid.device != input.device:
-        raise ValueError(f"grid must be on the device of input ({input.device}), got {grid.device}")
+def _volume(name: str, t) -> Tensor:
+    """A float32/64 (N, C, D, H, W) tensor with non-empty spatial dimensions."""
+    _checks.dense_tensor(name, t, WARP_DTYPES)
+    if t.dim() != 5:
+        raise ValueError(f"{name} must be 5-D (N, C, D, H, W), got shape {tuple(t.shape)}")
+    if 0 in t.shape[2:]:
+        raise ValueError(f"{name} must have non-empty spatial dimensions (D, H, W), got {tuple(t.shape)}")
+    return t
+
+
+def _like_feature(name: str, t, ref_name: str, ref: Tensor) -> Tensor:
+    """A dense tensor of the dtype and on the device of ``ref``."""
+    _checks.dense_tensor(name, t, WARP_DTYPES)
+    if t.dtype != ref.dtype:
+        raise TypeError(f"{name} must have the dtype of {ref_name} ({ref.dtype}), got {t.dtype}")
+    if t.device != ref.device:
+        raise ValueError(f"{name} must be on the device of {ref_name} ({ref.device}), got {t.device}")
+    return t
+
+
+def _options(padding_mode, align_corners) -> None:
     if not isinstance(padding_mode, str):
         raise TypeError(f"padding_mode must be a str, one of {PADDING_MODES}, got {type(padding_mode).__name__}")
     if padding_mode not in PADDING_MODES:
         raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
-    if not isinstance(align_corners, bool):
-        raise TypeError(f"align_corners must be a bool, got {type(align_corners).__name__}")
+    _flag("align_corners", align_corners)
+
+
+def _flag(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def grid_sample_args(input, grid, padding_mode, align_corners) -> GridSampleArgs:
+    """Checked arguments in the ops' form; bad ones raise naming the argument."""
+    _volume("input", input)
+    _like_feature("grid", grid, "input", input)
+    if grid.dim() != 5 or grid.shape[-1] != 3:
+        raise ValueError(f"grid must be 5-D (N, D_out, H_out, W_out, 3), got shape {tuple(grid.shape)}")
+    if grid.shape[0] != input.shape[0]:
+        raise ValueError(f"grid must have input's batch size {input.shape[0]}, got {grid.shape[0]}")
+    _options(padding_mode, align_corners)
     return GridSampleArgs(padding_mode, align_corners)
 
 
@@ -50,3 +71,59 @@ def grid_sample_3d(input: Tensor, grid: Tensor, *, padding_mode: str = "zeros", 
     never outside the volume.
     """
     return GRID_SAMPLE_3D(input, grid, *grid_sample_args(input, grid, padding_mode, align_corners))
+
+
+def keypoint_warp_args(feature, kp_source, kp_driving, mask, jacobian, mask_is_logits, padding_mode, align_corners,
+                       return_deformation) -> tuple[Tensor, KeypointWarpArgs]:
+    """The Jacobians (identities when None) and the checked scalars in the op's form; bad arguments
+    raise naming themselves."""
+    _volume("feature", feature)
+    n = feature.shape[0]
+    _like_feature("kp_source", kp_source, "feature", feature)
+    if kp_source.dim() != 3 or kp_source.shape[0] != n or kp_source.shape[2] != 3:
+        raise ValueError(f"kp_source must have shape (N={n}, K, 3), got {tuple(kp_source.shape)}")
+    k = kp_source.shape[1]
+    _like_feature("kp_driving", kp_driving, "feature", feature)
+    if kp_driving.shape != kp_source.shape:
+        raise ValueError(f"kp_driving must have the shape of kp_source {tuple(kp_source.shape)}, "
+                         f"got {tuple(kp_driving.shape)}")
+    _like_feature("mask", mask, "feature", feature)
+    if mask.dim() != 5 or mask.shape[0] != n or mask.shape[1] != k + 1:
+        raise ValueError(f"mask must have shape (N={n}, K + 1={k + 1}, D, H, W): one weight per keypoint and one "
+                         f"for the identity, got {tuple(mask.shape)}")
+    if min(mask.shape[2:]) < 2:
+        raise ValueError(f"mask must have spatial dimensions of at least 2 (the identity grid spans [-1, 1]), "
+                         f"got {tuple(mask.shape)}")
+    if jacobian is None:
+        jacobian = torch.eye(3, dtype=feature.dtype, device=feature.device).expand(n, k, 3, 3)
+    else:
+        _like_feature("jacobian", jacobian, "feature", feature)
+        if jacobian.shape != (n, k, 3, 3):
+            raise ValueError(f"jacobian must have shape (N={n}, K={k}, 3, 3), got {tuple(jacobian.shape)}")
+    _flag("mask_is_logits", mask_is_logits)
+    _options(padding_mode, align_corners)
+    _flag("return_deformation", return_deformation)
+    return jacobian, KeypointWarpArgs(mask_is_logits, padding_mode, align_corners, return_deformation)
+
+
+def keypoint_warp_3d(
+    feature: Tensor, kp_source: Tensor, kp_driving: Tensor, mask: Tensor, *, jacobian: Tensor | None = None,
+    mask_is_logits: bool = False, padding_mode: str = "zeros", align_corners: bool = False,
+    return_deformation: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """The keypoint-driven warp of face reenactment (dissertation §4.3.3, eq. (4.5)) in one pass.
+
+    With the identity grid ``p`` over the mask's volume (D, H, W) (``2 * (i / (n - 1)) - 1`` per
+    axis, last dim (x, y, z)), the motions ``T_0(p) = p`` and ``T_k(p) = J_k (p - kp_driving_k) +
+    kp_source_k`` (``J_k = I`` without ``jacobian``; else ``jacobian`` (N, K, 3, 3) is the combined
+    ``A_sk^-1 A_dk`` of FOMM), and ``m`` the mask (N, K + 1, D, H, W) (its softmax over dim 1 when
+    ``mask_is_logits``), the deformation is ``phi(p) = sum_k m_k(p) T_k(p)`` and the result
+    ``grid_sample_3d(feature, phi, padding_mode=..., align_corners=...)`` (N, C, D, H, W). Neither the
+    K + 1 motions nor phi are stored (``return_deformation=True`` also returns phi (N, D, H, W, 3)).
+    Keypoints (N, K, 3) are (x, y, z) in [-1, 1]; float32 or float64. Differentiable in the feature,
+    both keypoint sets, the mask (or logits) and the Jacobians.
+    """
+    jacobian, args = keypoint_warp_args(feature, kp_source, kp_driving, mask, jacobian, mask_is_logits,
+                                        padding_mode, align_corners, return_deformation)
+    out, deformation = KEYPOINT_WARP_3D(feature, kp_source, kp_driving, mask, jacobian, *args)
+    return (out, deformation) if return_deformation else out

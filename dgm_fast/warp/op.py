@@ -5,6 +5,16 @@
 Kernels: ``grid_sample_3d_{cpu,triton}(input, grid, out, padding_code, align_corners)`` and
 ``grid_sample_3d_backward_{cpu,triton}(grad_out, input, grid, grad_input, grad_grid, padding_code,
 align_corners)``, with ``padding_code`` the index in ``PADDING_MODES``.
+
+``dgm_fast::keypoint_warp_3d`` samples a feature volume at the keypoint-driven deformation of
+§4.3.3, computed per voxel and never stored (returned only when asked), and returns ``(out,
+deformation)``; its backward ``dgm_fast::keypoint_warp_3d_backward`` gives the gradients of the
+feature, both keypoint sets, the mask (or its logits) and the Jacobians. Kernels:
+``keypoint_warp_3d_cpu(feature, kp_source, kp_driving, mask, jacobian, out, deformation,
+mask_is_logits, padding_code, align_corners, return_deformation)`` and
+``keypoint_warp_3d_backward_cpu(grad_out, grad_deformation, feature, kp_source, kp_driving, mask,
+jacobian, grad_feature, grad_kp_source, grad_kp_driving, grad_mask, grad_jacobian, mask_is_logits,
+padding_code, align_corners)``.
 """
 
 from __future__ import annotations
@@ -14,7 +24,13 @@ from typing import NamedTuple
 import torch
 
 from dgm_fast._op import FusedOp, empty_output
-from dgm_fast.warp.reference import PADDING_MODES, grid_sample_3d_backward_reference, grid_sample_3d_reference
+from dgm_fast.warp.reference import (
+    PADDING_MODES,
+    grid_sample_3d_backward_reference,
+    grid_sample_3d_reference,
+    keypoint_warp_3d_backward_reference,
+    keypoint_warp_3d_reference,
+)
 
 SCALARS = "str padding_mode, bool align_corners"
 
@@ -62,4 +78,66 @@ GRID_SAMPLE_3D_BACKWARD = FusedOp(
     outputs=lambda go, input, grid, *_: [empty_output(input, torch.contiguous_format),
                                          empty_output(grid, torch.contiguous_format)],
     kernel_scalars=_kernel_scalars,
+)
+
+
+# --- keypoint-driven warp -----------------------------------------------------------------------
+KEYPOINT_SCALARS = "bool mask_is_logits, str padding_mode, bool align_corners"
+
+
+class KeypointWarpArgs(NamedTuple):
+    """The warp's scalars in the forward op's order."""
+
+    mask_is_logits: bool
+    padding_mode: str
+    align_corners: bool
+    return_deformation: bool
+
+
+def _keypoint_kernel_scalars(mask_is_logits: bool, padding_mode: str, *flags: bool) -> tuple:
+    return mask_is_logits, PADDING_MODES.index(padding_mode), *flags
+
+
+def _keypoint_outputs(feature, kp_source, kp_driving, mask, jacobian, mask_is_logits, padding_mode, align_corners,
+                      return_deformation):
+    n, c = feature.shape[:2]
+    spatial = mask.shape[2:]
+    deformation = feature.new_empty((n, *spatial, 3) if return_deformation else (0,))
+    return [empty_output(feature.new_empty((n, c, *spatial))), empty_output(deformation)]
+
+
+def _keypoint_setup_context(ctx, inputs, output):
+    ctx.args = KeypointWarpArgs(*inputs[5:9])[:3]  # the .backend overload adds one
+    ctx.save_for_backward(*inputs[:5])
+
+
+def _keypoint_backward(ctx, grad_out, grad_deformation):
+    feature, kp_source, kp_driving, mask, jacobian = ctx.saved_tensors
+    if grad_deformation is None or grad_deformation.numel() == 0:
+        grad_deformation = feature.new_zeros((feature.shape[0], *mask.shape[2:], 3))
+    if grad_out is None:
+        grad_out = feature.new_zeros((*feature.shape[:2], *mask.shape[2:]))
+    args = (grad_out, grad_deformation, feature, kp_source, kp_driving, mask, jacobian, *ctx.args)
+    if torch.is_grad_enabled():  # create_graph: the differentiable formula, for double backward
+        grads = keypoint_warp_3d_backward_reference(*args)
+    else:
+        grads = KEYPOINT_WARP_3D_BACKWARD(grad_out.contiguous(), grad_deformation.contiguous(), *args[2:])
+    return (*grads, None, None, None, None)
+
+
+KEYPOINT_WARP_3D = FusedOp(
+    "warp", "keypoint_warp_3d",
+    f"(Tensor feature, Tensor kp_source, Tensor kp_driving, Tensor mask, Tensor jacobian, {KEYPOINT_SCALARS}, "
+    "bool return_deformation) -> (Tensor, Tensor)",
+    reference=keypoint_warp_3d_reference, outputs=_keypoint_outputs, kernel_scalars=_keypoint_kernel_scalars,
+    setup_context=_keypoint_setup_context, backward=_keypoint_backward,
+)
+KEYPOINT_WARP_3D_BACKWARD = FusedOp(
+    "warp", "keypoint_warp_3d_backward",
+    "(Tensor grad_out, Tensor grad_deformation, Tensor feature, Tensor kp_source, Tensor kp_driving, Tensor mask, "
+    f"Tensor jacobian, {KEYPOINT_SCALARS}) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+    reference=keypoint_warp_3d_backward_reference,
+    outputs=lambda go, gd, *inputs_and_scalars: [empty_output(t, torch.contiguous_format)
+                                                for t in inputs_and_scalars[:5]],
+    kernel_scalars=_keypoint_kernel_scalars,
 )

@@ -95,14 +95,69 @@ def grid_sample_3d_backward_reference(grad_output: Tensor, input: Tensor, grid: 
                                       align_corners: bool) -> tuple[Tensor, Tensor]:
     """The gradients ``(grad_input, grad_grid)`` of ``grid_sample_3d_reference`` for ``grad_output``,
     contiguous; differentiable again when autograd records a graph (double backward)."""
+    return _gradients(lambda *inputs: grid_sample_3d_reference(*inputs, padding_mode, align_corners),
+                      (input, grid), (grad_output,))
+
+
+def _gradients(fn, inputs: tuple[Tensor, ...], grad_outputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """The gradients of ``fn(*inputs)`` for ``grad_outputs`` by autograd, contiguous and zero for an
+    input it does not use; with a graph when autograd records one (double backward), and from
+    copies of inference tensors under inference mode."""
     create_graph = torch.is_grad_enabled()
     inference = torch.is_inference_mode_enabled()
-    with torch.inference_mode(False), torch.enable_grad():  # inference tensors: autograd of copies
+    with torch.inference_mode(False), torch.enable_grad():
         leaves = [v if create_graph and v.requires_grad else
-                  (v.clone() if inference else v.detach()).requires_grad_() for v in (input, grid)]
-        grad_output = grad_output.clone() if inference else grad_output
-        out = grid_sample_3d_reference(*leaves, padding_mode, align_corners)
-        grads = torch.autograd.grad(out, leaves, grad_output, create_graph=create_graph, allow_unused=True)
+                  (v.clone() if inference else v.detach()).requires_grad_() for v in inputs]
+        grad_outputs = [g.clone() if inference else g for g in grad_outputs]
+        out = fn(*leaves)
+        out = out if isinstance(out, tuple) else (out,)
+        grads = torch.autograd.grad(out, leaves, grad_outputs, create_graph=create_graph, allow_unused=True)
     return tuple(torch.zeros_like(v, memory_format=torch.contiguous_format) if g is None else
                  g.clone(memory_format=torch.contiguous_format) if inference else g.contiguous()
                  for v, g in zip(leaves, grads))
+
+
+# --- keypoint-driven warp (§4.3.3) -------------------------------------------------------------
+def identity_grid(spatial_size, dtype: torch.dtype, device) -> Tensor:
+    """(D, H, W, 3): the (x, y, z) position in [-1, 1] of every voxel, ``2 * (i / (n - 1)) - 1`` per
+    axis (FOMM's make_coordinate_grid)."""
+    axes = [2 * (torch.arange(n, dtype=dtype, device=device) / (n - 1)) - 1 for n in spatial_size]
+    z, y, x = torch.meshgrid(*axes, indexing="ij")
+    return torch.stack([x, y, z], dim=-1)
+
+
+def keypoint_deformation(kp_source: Tensor, kp_driving: Tensor, mask: Tensor, jacobian: Tensor,
+                         mask_is_logits: bool) -> Tensor:
+    """The dense motion of FOMM / face-vid2vid as their code computes it, every motion materialised:
+    ``phi(p) = sum_k m_k(p) T_k(p)`` (N, D, H, W, 3) with ``T_0(p) = p`` and ``T_k(p) = J_k (p -
+    kp_driving_k) + kp_source_k``, ``m`` the mask (N, K + 1, D, H, W) or its softmax over dim 1."""
+    p = identity_grid(mask.shape[2:], mask.dtype, mask.device)
+    diff = p - kp_driving[:, :, None, None, None, :]  # (N, K, D, H, W, 3)
+    jac = jacobian[:, :, None, None, None]  # (N, K, 1, 1, 1, 3, 3)
+    motions = (jac[..., 0] * diff[..., 0:1] + jac[..., 1] * diff[..., 1:2] + jac[..., 2] * diff[..., 2:3]
+               + kp_source[:, :, None, None, None, :])
+    motions = torch.cat([p.expand(mask.shape[0], 1, *p.shape), motions], dim=1)  # (N, K + 1, D, H, W, 3)
+    weights = torch.softmax(mask, dim=1) if mask_is_logits else mask
+    return (weights.unsqueeze(-1) * motions).sum(dim=1)
+
+
+def keypoint_warp_3d_reference(feature: Tensor, kp_source: Tensor, kp_driving: Tensor, mask: Tensor,
+                               jacobian: Tensor, mask_is_logits: bool, padding_mode: str, align_corners: bool,
+                               return_deformation: bool) -> tuple[Tensor, Tensor]:
+    """``(grid_sample_3d(feature, phi), phi)`` for the deformation of ``keypoint_deformation`` (§4.3.3,
+    eq. (4.5)); ``phi`` is an empty tensor unless ``return_deformation``."""
+    phi = keypoint_deformation(kp_source, kp_driving, mask, jacobian, mask_is_logits)
+    out = grid_sample_3d_reference(feature, phi, padding_mode, align_corners)
+    return out, phi if return_deformation else phi.new_empty(0)
+
+
+def keypoint_warp_3d_backward_reference(grad_out: Tensor, grad_deformation: Tensor, feature: Tensor,
+                                        kp_source: Tensor, kp_driving: Tensor, mask: Tensor, jacobian: Tensor,
+                                        mask_is_logits: bool, padding_mode: str,
+                                        align_corners: bool) -> tuple[Tensor, ...]:
+    """The gradients of feature, kp_source, kp_driving, mask and jacobian for ``grad_out`` and
+    ``grad_deformation`` (N, D, H, W, 3), contiguous; differentiable again under create_graph."""
+    def warp(*inputs):
+        return keypoint_warp_3d_reference(*inputs, mask_is_logits, padding_mode, align_corners, True)
+
+    return _gradients(warp, (feature, kp_source, kp_driving, mask, jacobian), (grad_out, grad_deformation))

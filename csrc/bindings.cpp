@@ -122,6 +122,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("keypoint_warp_3d_cpu", &dgm_fast::keypoint_warp_3d_cpu, py::call_guard<py::gil_scoped_release>());
   m.def("keypoint_warp_3d_backward_cpu", &dgm_fast::keypoint_warp_3d_backward_cpu,
         py::call_guard<py::gil_scoped_release>());
+  m.def("sparse_motion_features_cpu", &dgm_fast::sparse_motion_features_cpu,
+        py::call_guard<py::gil_scoped_release>());
+  m.def("sparse_motion_features_backward_cpu", &dgm_fast::sparse_motion_features_backward_cpu,
+        py::call_guard<py::gil_scoped_release>());
   m.def("warp_voxel_offset", &dgm_fast::warp_voxel_offset,
         "the int64 offset the warp kernels compute for voxel (n, c, z, y, x) of a (N, C, D, H, W) volume",
         py::arg("channels"), py::arg("depth"), py::arg("height"), py::arg("width"), py::arg("n"), py::arg("c"),

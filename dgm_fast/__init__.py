@@ -9,7 +9,7 @@ from dgm_fast.backend import BACKENDS, available_backends, use_backend
 from dgm_fast.coupling import affine_coupling
 from dgm_fast import nn
 from dgm_fast.langevin import LangevinSampler, NoiseStream, langevin_step, langevin_step_, sample_langevin
-from dgm_fast.warp import grid_sample_3d, keypoint_warp_3d
+from dgm_fast.warp import grid_sample_3d, keypoint_heatmap_3d, keypoint_warp_3d, sparse_motion_features
 
 __version__ = "0.1.0"
 __all__ = [
@@ -19,10 +19,12 @@ __all__ = [
     "affine_coupling",
     "available_backends",
     "grid_sample_3d",
+    "keypoint_heatmap_3d",
     "keypoint_warp_3d",
     "langevin_step",
     "langevin_step_",
     "sample_langevin",
+    "sparse_motion_features",
     "nn",
     "use_backend",
 ]

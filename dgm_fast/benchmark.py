@@ -8,7 +8,9 @@ folder (default: ``$XDG_DATA_HOME/dgm_fast/bench``, i.e. ``~/.local/share/dgm_fa
 
 from __future__ import annotations
 
+import ctypes
 import datetime
+import gc
 import importlib.util
 import json
 import math
@@ -32,7 +34,7 @@ from dgm_fast.collect_env import cpu_model, git_state, version, versions
 LEADING_ROWS = ("copy",)
 CONTENDER_ORDER = ("dgm_fast", "eager", "compiled", "freia", "normflows", "nflows", "zuko", "torch")
 HEADER = ("op", "size", "contender", "backend", "median", "vs eager", "vs compiled", "vs best", "GB/s", "of copy",
-          "GFLOP/s", "of GEMM")
+          "GFLOP/s", "of GEMM", "peak MB")
 REQUIRES = {"pytest": "pytest", "pytest_benchmark": "pytest-benchmark"}  # module: distribution
 # the flow libraries of bench/peers/ (also in the bench extra): optional, their rows skip without them
 PEERS = {"FrEIA": "FrEIA", "normflows": "normflows", "nflows": "nflows", "zuko": "zuko"}
@@ -157,7 +159,8 @@ def format_table(rows: list[dict]) -> str:
          _fmt(r["speedup_vs_eager"], "{:.2f}x"), _fmt(r["speedup_vs_compiled"], "{:.2f}x"),
          "-" if r["speedup_vs_best"] is None else f"{r['speedup_vs_best']:.2f}x {r['best_other']}",
          _fmt(r["gb_per_s"], "{:.1f}"), _fmt(r["copy_fraction"], "{:.0%}"),
-         _fmt(r["gflop_per_s"], "{:.1f}"), _fmt(r["gemm_fraction"], "{:.0%}"))
+         _fmt(r["gflop_per_s"], "{:.1f}"), _fmt(r["gemm_fraction"], "{:.0%}"),
+         _fmt(r.get("peak_extra_bytes") and r["peak_extra_bytes"] / 1e6, "{:.0f}"))
         for r in rows
     ]
     widths = [max(map(len, col)) for col in zip(HEADER, *cells)]
@@ -167,6 +170,36 @@ def format_table(rows: list[dict]) -> str:
         return "  ".join(c.ljust(w) if i < text_cols else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
 
     return "\n".join([line(HEADER), "  ".join("-" * w for w in widths), *map(line, cells)])
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(f"no {field} in /proc/self/status")
+
+
+def peak_extra_bytes(fn, device: torch.device) -> int | None:
+    """The memory ``fn()`` holds at its peak beyond what was held before it: the CUDA allocator's
+    peak statistic, or on Linux the process's peak resident memory (VmHWM, reset through
+    /proc/self/clear_refs) over its resident memory just before, once freed heap pages are returned
+    to the system (malloc_trim), so every page fn touches counts. None where neither exists."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        Path("/proc/self/clear_refs").write_text("5")
+        before = _status_kib("VmRSS")
+        fn()
+        return (_status_kib("VmHWM") - before) * 1024
+    except OSError:
+        return None
 
 
 def load_average() -> tuple[float, float, float] | None:

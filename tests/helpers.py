@@ -244,7 +244,51 @@ def _keypoint_warp_backward_samples(device, dtype) -> list[tuple]:
     return out
 
 
+def _motion_feature_samples(device, dtype) -> list[tuple]:
+    """(feature, kp_source, kp_driving, jacobian, variance, align_corners): identity and random
+    Jacobians, both alignments, no keypoints, empty batches and channels, a NaN keypoint,
+    non-contiguous and channels_last_3d features. Float32/64 only, as the op."""
+    if dtype not in (torch.float32, torch.float64):
+        return []
+    # (N, C, volume, K, feature layout, variance, align_corners, random jacobian)
+    cases = [((2, 3, (3, 4, 5), 3), "contiguous", 0.01, False, False),
+             ((2, 3, (3, 4, 5), 3), "contiguous", 0.1, True, True),
+             ((1, 2, (2, 3, 2), 2), "contiguous", 0.2, False, True),  # gradcheck's
+             ((0, 3, (2, 2, 2), 2), "contiguous", 0.01, False, True),
+             ((2, 4, (4, 3, 5), 4), "transposed", 0.05, True, True),
+             ((2, 3, (3, 3, 3), 0), "contiguous", 0.01, False, False),
+             ((1, 0, (3, 3, 3), 2), "contiguous", 0.01, True, True),
+             ((2, 2, (3, 4, 5), 2), "nan_keypoint", 0.01, False, True),
+             ((2, 5, (2, 3, 4), 3), "channels_last", 0.3, False, True)]
+    samples = []
+    for i, ((n, c, volume, k), layout, variance, align, random_jacobian) in enumerate(cases):
+        feature = make_tensor((n, c, *volume), dtype, device, seed=i,
+                              layout="transposed" if layout == "transposed" else "contiguous")
+        if layout == "channels_last":
+            feature = feature.contiguous(memory_format=torch.channels_last_3d)
+        kp_source, kp_driving = (make_tensor((n, k, 3), dtype, device, scale=0.6, seed=60 + 2 * i + j) for j in range(2))
+        if layout == "nan_keypoint" and n:
+            kp_source[1, 0, 2] = float("nan")
+        eye = torch.eye(3, dtype=dtype, device=device)
+        jacobian = (eye + 0.3 * make_tensor((n, k, 3, 3), dtype, device, seed=95 + i) if random_jacobian
+                    else eye.expand(n, k, 3, 3).contiguous())
+        samples.append((feature, kp_source, kp_driving, jacobian, variance, align))
+    return samples
+
+
+def _motion_feature_backward_samples(device, dtype) -> list[tuple]:
+    """(grad_out, feature, kp_source, kp_driving, jacobian, variance, align_corners)."""
+    out = []
+    for i, (feature, kp_s, kp_d, jac, *options) in enumerate(_motion_feature_samples(device, dtype)):
+        n, c, *spatial = feature.shape
+        grad_out = make_tensor((n, kp_s.shape[1] + 1, 1 + c, *spatial), dtype, device, seed=500 + i)
+        out.append((grad_out, feature, kp_s, kp_d, jac, *options))
+    return out
+
+
 OP_SAMPLES = {
+    "sparse_motion_features": _motion_feature_samples,
+    "sparse_motion_features_backward": _motion_feature_backward_samples,
     "keypoint_warp_3d": _keypoint_warp_samples,
     "keypoint_warp_3d_backward": _keypoint_warp_backward_samples,
     "grid_sample_3d": _grid_sample_samples,

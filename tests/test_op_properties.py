@@ -574,6 +574,65 @@ def keypoint_warp_invalid(gradients: bool) -> Callable:
     return cases
 
 
+def run_motion_features(feature, kp_source, kp_driving, jacobian, gradients, **kwargs):
+    """sparse_motion_features' result; with ``gradients``, the gradients of its inputs for a fixed output
+    gradient instead (its fused backward op, reached through autograd)."""
+    if not gradients:
+        return dgm_fast.sparse_motion_features(feature, kp_source, kp_driving, jacobian=jacobian, **kwargs)
+    inputs = [v.detach().requires_grad_() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+              for v in (feature, kp_source, kp_driving, jacobian)]
+    out = dgm_fast.sparse_motion_features(*inputs[:3], jacobian=inputs[3], **kwargs)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(out)
+    wanted = [v for v in inputs if isinstance(v, torch.Tensor)]
+    return torch.autograd.grad(out, wanted, grad, allow_unused=True, materialize_grads=True)
+
+
+def motion_features_valid(gradients: bool) -> Callable:
+    @st.composite
+    def cases(draw, device: str, backend: str) -> Case:
+        dtype = torch.float64 if gradients else draw(st.sampled_from([torch.float32, torch.float64]))
+        n, c, k = draw(st.integers(0, 2)), draw(st.integers(0, 3)), draw(st.integers(0, 3))
+        volume = tuple(draw(st.integers(2, 5)) for _ in range(3))
+        feature = draw(tensor_specs((n, c, *volume), dtype, device))
+        kps = [replace(draw(tensor_specs((n, k, 3), dtype, device)), scale=draw(st.sampled_from([0.5, 1.0, 3.0])))
+               for _ in range(2)]
+        jacobian = draw(st.none() | tensor_specs((n, k, 3, 3), dtype, device).map(lambda j: replace(j, scale=0.5)))
+        if gradients:  # finite, moderate inputs (as for keypoint_warp_3d)
+            feature, *kps = (replace(t, scale=1.0, specials=()) for t in (feature, *kps))
+            jacobian = jacobian if jacobian is None else replace(jacobian, specials=())
+        kwargs = dict(variance=draw(st.sampled_from([0.01, 0.1, 1.0])), align_corners=draw(st.booleans()))
+        return Case(run_motion_features, (feature, *kps, jacobian, gradients), kwargs)
+
+    return cases
+
+
+def motion_features_invalid(gradients: bool) -> Callable:
+    @st.composite
+    def cases(draw, device: str, backend: str) -> Case:
+        def spec(*shape, dtype=torch.float32):
+            return TensorSpec(shape, dtype, device=device)
+
+        args = dict(feature=spec(2, 3, 4, 5, 6), kp_source=spec(2, 3, 3), kp_driving=spec(2, 3, 3), jacobian=None,
+                    gradients=gradients)
+        kwargs = dict(variance=0.01, align_corners=draw(st.booleans()))
+        name, value, error = draw(st.sampled_from([
+            ("feature", spec(2, 3, 4, 5), ValueError),
+            ("feature", spec(2, 3, 4, 1, 6), ValueError),
+            ("feature", spec(2, 3, 4, 5, 6, dtype=torch.bfloat16), TypeError),
+            ("kp_source", spec(2, 3, 4), ValueError),
+            ("kp_driving", spec(1, 3, 3), ValueError),
+            ("jacobian", spec(2, 3, 9), ValueError),
+            ("variance", 0.0, ValueError),
+            ("variance", math.nan, ValueError),
+            ("variance", "small", TypeError),
+            ("align_corners", 1, TypeError),
+        ]))
+        (args if name in args else kwargs)[name] = value
+        return Case(run_motion_features, tuple(args.values()), kwargs, error, name)
+
+    return cases
+
+
 # op name -> (device, backend) -> strategy of Cases; a new op family adds its entries here
 VALID = {
     "langevin_step": langevin_valid(dgm_fast.langevin_step),
@@ -586,6 +645,8 @@ VALID = {
     "grid_sample_3d_backward": grid_sample_valid(gradients=True),
     "keypoint_warp_3d": keypoint_warp_valid(gradients=False),
     "keypoint_warp_3d_backward": keypoint_warp_valid(gradients=True),
+    "sparse_motion_features": motion_features_valid(gradients=False),
+    "sparse_motion_features_backward": motion_features_valid(gradients=True),
 }
 INVALID = {
     "langevin_step": langevin_invalid(dgm_fast.langevin_step),
@@ -598,6 +659,8 @@ INVALID = {
     "grid_sample_3d_backward": grid_sample_invalid(gradients=True),
     "keypoint_warp_3d": keypoint_warp_invalid(gradients=False),
     "keypoint_warp_3d_backward": keypoint_warp_invalid(gradients=True),
+    "sparse_motion_features": motion_features_invalid(gradients=False),
+    "sparse_motion_features_backward": motion_features_invalid(gradients=True),
 }
 
 

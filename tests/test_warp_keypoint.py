@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 import dgm_fast
 from dgm_fast.warp.op import KEYPOINT_WARP_3D
-from dgm_fast.warp.reference import PADDING_MODES, identity_grid, keypoint_deformation
+from dgm_fast.warp.eager import keypoint_warp_chain as eager_chain
+from dgm_fast.warp.reference import PADDING_MODES, identity_grid
 from helpers import TOL, make_tensor
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -37,12 +38,6 @@ def _inputs(n, c, k, volume, mask_volume, dtype=torch.float64, device="cpu", see
     jacobian = torch.eye(3, dtype=dtype, device=device) + make_tensor((n, k, 3, 3), dtype, device, scale=0.2,
                                                                       seed=seed + 4)
     return feature, kp_source, kp_driving, logits, jacobian
-
-
-def eager_chain(feature, kp_source, kp_driving, mask, jacobian, mask_is_logits, padding_mode, align_corners):
-    """What users run: the K + 1 motions materialised, weighted, summed, then F.grid_sample."""
-    phi = keypoint_deformation(kp_source, kp_driving, mask, jacobian, mask_is_logits)
-    return F.grid_sample(feature, phi, mode="bilinear", padding_mode=padding_mode, align_corners=align_corners), phi
 
 
 @pytest.mark.parametrize("mask_is_logits", [True, False])

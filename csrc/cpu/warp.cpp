@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <vector>
 
 #include "cpu/vec_math.h"
@@ -61,21 +62,36 @@ struct KeypointPositions {
 
   int64_t voxels() const { return d * h * w; }
 
-  // identity grid: 2 * (i / (n - 1)) - 1 per axis, as FOMM's make_coordinate_grid
-  void identity(int64_t v, T p[3]) const {
-    const int64_t x = v % w, y = v / w % h, z = v / (w * h);
-    p[0] = T(2) * (static_cast<T>(x) / static_cast<T>(w - 1)) - T(1);
-    p[1] = T(2) * (static_cast<T>(y) / static_cast<T>(h - 1)) - T(1);
-    p[2] = T(2) * (static_cast<T>(z) / static_cast<T>(d - 1)) - T(1);
+  // p[a][j]: the identity grid at the block's voxels, 2 * (i / (n - 1)) - 1 per axis (FOMM's
+  // make_coordinate_grid), walking the voxel indices instead of dividing for each
+  void identity(int64_t v0, int64_t count, T (*p)[kBlock]) const {
+    int64_t x = v0 % w, y = v0 / w % h, z = v0 / (w * h);
+    for (int64_t j = 0; j < count; ++j) {
+      p[0][j] = T(2) * (static_cast<T>(x) / static_cast<T>(w - 1)) - T(1);
+      p[1][j] = T(2) * (static_cast<T>(y) / static_cast<T>(h - 1)) - T(1);
+      p[2][j] = T(2) * (static_cast<T>(z) / static_cast<T>(d - 1)) - T(1);
+      if (++x == w) {
+        x = 0;
+        if (++y == h) y = 0, ++z;
+      }
+    }
   }
 
-  // T_k(p) for keypoint k (1-based in the motions, 0-based here) of sample n, and p - kp_driving_k
-  void motion(int64_t n, int64_t k, const T p[3], T out[3], T diff[3]) const {
+  // t[a][j] = T_k(p) at the block's voxels for keypoint k (0-based) of sample n; loops over the
+  // block's voxels with the keypoint's numbers held in registers, so that they vectorize
+  void motion(int64_t n, int64_t k, int64_t count, const T (*p)[kBlock], T (*t)[kBlock]) const {
     const T* kd = kp_driving + (n * keypoints + k) * 3;
     const T* ks = kp_source + (n * keypoints + k) * 3;
     const T* jac = jacobian + (n * keypoints + k) * 9;
-    for (int a = 0; a < 3; ++a) diff[a] = p[a] - kd[a];
-    for (int a = 0; a < 3; ++a) out[a] = jac[3 * a] * diff[0] + jac[3 * a + 1] * diff[1] + jac[3 * a + 2] * diff[2] + ks[a];
+    for (int a = 0; a < 3; ++a) {
+      const T j0 = jac[3 * a], j1 = jac[3 * a + 1], j2 = jac[3 * a + 2], d0 = kd[0], d1 = kd[1], d2 = kd[2];
+      const T shift = ks[a];
+      const T *px = p[0], *py = p[1], *pz = p[2];
+      T* out = t[a];
+      for (int64_t j = 0; j < count; ++j) {
+        out[j] = j0 * (px[j] - d0) + j1 * (py[j] - d1) + j2 * (pz[j] - d2) + shift;
+      }
+    }
   }
 
   // m[k * kBlock + j]: the block's K + 1 mask weights (softmax over k of the logits)
@@ -93,9 +109,10 @@ struct KeypointPositions {
     }
     std::fill(sum, sum + count, T(0));
     for (int64_t k = 0; k < motions; ++k) {
+      T* mk = m + k * kBlock;
       for (int64_t j = 0; j < count; ++j) {
-        m[k * kBlock + j] = exp_of(m[k * kBlock + j] - top[j]);
-        sum[j] += m[k * kBlock + j];
+        mk[j] = exp_of(mk[j] - top[j]);
+        sum[j] += mk[j];
       }
     }
     for (int64_t k = 0; k < motions; ++k) {
@@ -103,57 +120,122 @@ struct KeypointPositions {
     }
   }
 
+  // scratch: the K + 1 weights, then p and one motion (3 x kBlock each)
+  static T* scratch(Block<T>& b, int64_t motions) {
+    b.scratch.resize((motions + 6) * kBlock);
+    return b.scratch.data();
+  }
+
   void operator()(int64_t n, int64_t v0, int64_t count, Block<T>& b) const {
-    b.scratch.resize((keypoints + 1) * kBlock);
-    T* m = b.scratch.data();
+    T* m = scratch(b, keypoints + 1);
+    auto p = reinterpret_cast<T(*)[kBlock]>(m + (keypoints + 1) * kBlock), t = p + 3;
     weights(n, v0, count, m);
-    for (int64_t j = 0; j < count; ++j) {
-      T p[3], t[3], diff[3];
-      identity(v0 + j, p);
-      T phi[3] = {m[j] * p[0], m[j] * p[1], m[j] * p[2]};
-      for (int64_t k = 0; k < keypoints; ++k) {
-        motion(n, k, p, t, diff);
-        const T mk = m[(k + 1) * kBlock + j];
-        for (int a = 0; a < 3; ++a) phi[a] += mk * t[a];
+    identity(v0, count, p);
+    for (int a = 0; a < 3; ++a) {
+      for (int64_t j = 0; j < count; ++j) b.coord[a][j] = m[j] * p[a][j];
+    }
+    for (int64_t k = 0; k < keypoints; ++k) {
+      motion(n, k, count, p, t);
+      const T* mk = m + (k + 1) * kBlock;
+      for (int a = 0; a < 3; ++a) {
+        for (int64_t j = 0; j < count; ++j) b.coord[a][j] += mk[j] * t[a][j];
       }
-      for (int a = 0; a < 3; ++a) b.coord[a][j] = phi[a];
     }
   }
 
   // Given grad_phi of sample n's voxels [v0, v0 + count): the mask's (or logits') gradient, and the
   // per-keypoint sums A_k = sum_v m_k grad_phi and B_k = sum_v m_k grad_phi p^T (acc: K x 12) from
-  // which the keypoints' and Jacobians' gradients follow.
+  // which the keypoints' and Jacobians' gradients follow. Sums over the block in T, across blocks
+  // in double.
   void backward_block(int64_t n, int64_t v0, int64_t count, const T* grad_phi, T* grad_mask, double* acc,
-                      T* m) const {
-    weights(n, v0, count, m);
+                      Block<T>& b) const {
     const int64_t motions = keypoints + 1, v_all = voxels();
+    T* m = scratch(b, motions);
+    auto p = reinterpret_cast<T(*)[kBlock]>(m + motions * kBlock), t = p + 3;
+    auto g = b.coord;  // grad_phi of the block, by axis
+    weights(n, v0, count, m);
+    identity(v0, count, p);
+    const T* gp = grad_phi + (n * v_all + v0) * 3;
     for (int64_t j = 0; j < count; ++j) {
-      T p[3], t[3], diff[3];
-      identity(v0 + j, p);
-      const T* g = grad_phi + (n * v_all + v0 + j) * 3;
-      T dot = 0;
-      T* out = grad_mask + n * motions * v_all + v0 + j;
-      for (int64_t k = 0; k < motions; ++k) {
-        T tk[3] = {p[0], p[1], p[2]};
-        if (k > 0) {
-          motion(n, k - 1, p, t, diff);
-          tk[0] = t[0], tk[1] = t[1], tk[2] = t[2];
-          const T mk = m[k * kBlock + j];
-          double* a_k = acc + (k - 1) * 12;
-          for (int a = 0; a < 3; ++a) {
-            const double mg = static_cast<double>(mk) * static_cast<double>(g[a]);
-            a_k[a] += mg;
-            for (int c = 0; c < 3; ++c) a_k[3 + 3 * a + c] += mg * static_cast<double>(p[c]);
-          }
-        }
-        const T gmk = g[0] * tk[0] + g[1] * tk[1] + g[2] * tk[2];
-        if (logits) dot += m[k * kBlock + j] * gmk;
-        out[k * v_all] = gmk;
-      }
-      if (logits) {  // softmax's backward: s_k (g_k - sum_j s_j g_j)
-        for (int64_t k = 0; k < motions; ++k) out[k * v_all] = m[k * kBlock + j] * (out[k * v_all] - dot);
-      }
+      for (int a = 0; a < 3; ++a) g[a][j] = gp[3 * j + a];
     }
+    T* out = grad_mask + n * motions * v_all + v0;  // d loss / d m_k first, the softmax's backward after
+    for (int64_t j = 0; j < count; ++j) out[j] = g[0][j] * p[0][j] + g[1][j] * p[1][j] + g[2][j] * p[2][j];
+    for (int64_t k = 1; k < motions; ++k) {
+      motion(n, k - 1, count, p, t);
+      const T* mk = m + k * kBlock;
+      T* out_k = out + k * v_all;
+      T sums[12] = {};
+      for (int64_t j = 0; j < count; ++j) out_k[j] = g[0][j] * t[0][j] + g[1][j] * t[1][j] + g[2][j] * t[2][j];
+      for (int a = 0; a < 3; ++a) {
+        T sa = 0, s0 = 0, s1 = 0, s2 = 0;
+        for (int64_t j = 0; j < count; ++j) {
+          const T mg = mk[j] * g[a][j];
+          sa += mg;
+          s0 += mg * p[0][j];
+          s1 += mg * p[1][j];
+          s2 += mg * p[2][j];
+        }
+        sums[a] = sa, sums[3 + 3 * a] = s0, sums[4 + 3 * a] = s1, sums[5 + 3 * a] = s2;
+      }
+      double* a_k = acc + (k - 1) * 12;
+      for (int q = 0; q < 12; ++q) a_k[q] += static_cast<double>(sums[q]);
+    }
+    if (!logits) return;
+    alignas(64) T dot[kBlock] = {};  // softmax's backward: s_k (g_k - sum_j s_j g_j)
+    for (int64_t k = 0; k < motions; ++k) {
+      for (int64_t j = 0; j < count; ++j) dot[j] += m[k * kBlock + j] * out[k * v_all + j];
+    }
+    for (int64_t k = 0; k < motions; ++k) {
+      for (int64_t j = 0; j < count; ++j) out[k * v_all + j] = m[k * kBlock + j] * (out[k * v_all + j] - dot[j]);
+    }
+  }
+};
+
+// sparse_motion_features: view u = n * (K + 1) + k samples at the k-th motion of sample n,
+// T_0(p) = p and T_k(p) of KeypointPositions (its mask unused); the block's p stays in scratch
+// for the heatmap channel.
+template <typename T>
+struct MotionPositions {
+  KeypointPositions<T> kp;
+  T variance;
+
+  static T (*identity_of(Block<T>& b))[kBlock] {
+    b.scratch.resize(6 * kBlock);
+    return reinterpret_cast<T(*)[kBlock]>(b.scratch.data());
+  }
+
+  void operator()(int64_t u, int64_t v0, int64_t count, Block<T>& b) const {
+    const int64_t n = u / (kp.keypoints + 1), k = u % (kp.keypoints + 1);
+    auto p = identity_of(b);
+    kp.identity(v0, count, p);
+    if (k == 0) {
+      for (int a = 0; a < 3; ++a) std::copy(p[a], p[a] + count, b.coord[a]);
+    } else {
+      kp.motion(n, k - 1, count, p, b.coord);
+    }
+  }
+
+  // exp(-0.5 |p - kp|^2 / variance) at the block's voxels
+  void gaussian(const T* point, int64_t count, const T (*p)[kBlock], T* out) const {
+    for (int64_t j = 0; j < count; ++j) {
+      const T dx = p[0][j] - point[0], dy = p[1][j] - point[1], dz = p[2][j] - point[2];
+      out[j] = exp_of(T(-0.5) * (dx * dx + dy * dy + dz * dz) / variance);
+    }
+  }
+
+  // The heatmap channel of view u at the block's voxels (p from the last call on this block).
+  void heatmap(int64_t u, int64_t count, Block<T>& b, T* out) const {
+    const int64_t n = u / (kp.keypoints + 1), k = u % (kp.keypoints + 1);
+    if (k == 0) {
+      std::fill(out, out + count, T(0));
+      return;
+    }
+    auto p = identity_of(b);
+    T* source = p[3];
+    gaussian(kp.kp_driving + (n * kp.keypoints + k - 1) * 3, count, p, out);
+    gaussian(kp.kp_source + (n * kp.keypoints + k - 1) * 3, count, p, source);
+    for (int64_t j = 0; j < count; ++j) out[j] -= source[j];
   }
 };
 
@@ -261,12 +343,12 @@ void keypoint_warp_3d_backward_cpu(const at::Tensor& grad_out, const at::Tensor&
     const T* gp = grad_phi.data();
     T* gm = grad_mask.data_ptr<T>();
     at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> m((keypoints + 1) * kBlock);
+      auto block = std::make_unique<Block<T>>();
       double* mine = sums.data() + at::get_thread_num() * batch * keypoints * 12;
       for (int64_t item = begin; item < end; ++item) {
         const int64_t n = item / blocks, v0 = item % blocks * kBlock;
         positions.backward_block(n, v0, std::min(kBlock, g.voxels - v0), gp, gm, mine + n * keypoints * 12,
-                                 m.data());
+                                 *block);
       }
     });
     const T *kd = kp_driving.const_data_ptr<T>(), *jac = jacobian.const_data_ptr<T>();
@@ -286,6 +368,124 @@ void keypoint_warp_3d_backward_cpu(const at::Tensor& grad_out, const at::Tensor&
         g_kd[3 * i + q] = static_cast<T>(-s);
         for (int r = 0; r < 3; ++r) {
           g_j[9 * i + 3 * q + r] = static_cast<T>(b[3 * q + r] - a[q] * static_cast<double>(kd[3 * i + r]));
+        }
+      }
+    }
+  });
+}
+
+// --- sparse_motion_features ----------------------------------------------------------------------
+namespace {
+
+template <typename T>
+MotionPositions<T> motion_positions(const at::Tensor& feature, const at::Tensor& kp_source,
+                                    const at::Tensor& kp_driving, const at::Tensor& jacobian, double variance) {
+  const KeypointPositions<T> kp{kp_source.const_data_ptr<T>(), kp_driving.const_data_ptr<T>(), nullptr,
+                                jacobian.const_data_ptr<T>(), kp_source.size(1), feature.size(2), feature.size(3),
+                                feature.size(4), false};
+  return {kp, static_cast<T>(variance)};
+}
+
+// The sampler's geometry of sparse_motion_features: K + 1 views a sample, each writing its C
+// channels after its heatmap channel in out (N, K + 1, 1 + C, D, H, W).
+Geometry motion_geometry(const at::Tensor& feature, int64_t keypoints, bool align_corners) {
+  TORCH_CHECK(feature.dim() == 5 && feature.size(2) > 1 && feature.size(3) > 1 && feature.size(4) > 1,
+              "sparse_motion_features: expected feature (N, C, D, H, W) with D, H, W > 1");
+  Geometry g = geometry(feature, feature.size(2) * feature.size(3) * feature.size(4), kZeros, align_corners);
+  g.views = keypoints + 1;
+  g.view_stride = (1 + g.c) * g.voxels;
+  return g;
+}
+
+}  // namespace
+
+void sparse_motion_features_cpu(const at::Tensor& feature, const at::Tensor& kp_source, const at::Tensor& kp_driving,
+                                const at::Tensor& jacobian, at::Tensor& out, double variance, bool align_corners) {
+  const int64_t keypoints = kp_source.size(1);
+  const Geometry g = motion_geometry(feature, keypoints, align_corners);
+  if (out.numel() == 0) return;
+  AT_DISPATCH_FLOATING_TYPES(feature.scalar_type(), "sparse_motion_features_cpu", [&] {
+    using T = scalar_t;
+    const auto positions = motion_positions<T>(feature, kp_source, kp_driving, jacobian, variance);
+    T* base = out.data_ptr<T>();
+    cpu::warp::forward(feature.const_data_ptr<T>(), base + g.voxels, feature.size(0), g, positions,
+                       [&](int64_t u, int64_t v0, Block<T>& b) {
+                         positions.heatmap(u, b.n, b, base + u * g.view_stride + v0);
+                       });
+  });
+}
+
+void sparse_motion_features_backward_cpu(const at::Tensor& grad_out, const at::Tensor& feature,
+                                         const at::Tensor& kp_source, const at::Tensor& kp_driving,
+                                         const at::Tensor& jacobian, at::Tensor& grad_feature,
+                                         at::Tensor& grad_kp_source, at::Tensor& grad_kp_driving,
+                                         at::Tensor& grad_jacobian, double variance, bool align_corners) {
+  const int64_t batch = feature.size(0), keypoints = kp_source.size(1), views = keypoints + 1;
+  const Geometry g = motion_geometry(feature, keypoints, align_corners);
+  AT_DISPATCH_FLOATING_TYPES(feature.scalar_type(), "sparse_motion_features_backward_cpu", [&] {
+    using T = scalar_t;
+    const auto positions = motion_positions<T>(feature, kp_source, kp_driving, jacobian, variance);
+    const T* go = grad_out.const_data_ptr<T>();
+    // 1. the sampler's backward, every motion's warped copy into one feature gradient
+    std::vector<T> grad_t(batch * views * g.voxels * 3, T(0));
+    if (batch > 0 && g.c > 0) {
+      cpu::warp::backward(go + g.voxels, feature.const_data_ptr<T>(), grad_feature.data_ptr<T>(), grad_t.data(),
+                          batch, g, positions);
+    } else {
+      grad_feature.zero_();
+    }
+    // 2. per motion k >= 1: A = sum_v dL/dT_k, B = sum_v dL/dT_k p^T, and the heatmap's sums
+    //    H_d = sum_v dL/dh e_d (p - kd), H_s = sum_v dL/dh e_s (p - ks); per thread, in double
+    const int64_t blocks = (g.voxels + kBlock - 1) / kBlock, threads = at::get_num_threads();
+    constexpr int kSums = 18;
+    std::vector<double> sums(threads * batch * keypoints * kSums, 0.0);
+    at::parallel_for(0, batch * keypoints * blocks, 1, [&](int64_t begin, int64_t end) {
+      auto block = std::make_unique<Block<T>>();
+      Block<T>& b = *block;
+      double* mine = sums.data() + at::get_thread_num() * batch * keypoints * kSums;
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t nk = item / blocks, v0 = item % blocks * kBlock, count = std::min(kBlock, g.voxels - v0);
+        const int64_t n = nk / keypoints, k = nk % keypoints, u = n * views + k + 1;
+        auto p = MotionPositions<T>::identity_of(b);
+        positions.kp.identity(v0, count, p);
+        const T* gt = grad_t.data() + (u * g.voxels + v0) * 3;
+        const T* gh = go + u * g.view_stride + v0;
+        T ed[kBlock], es[kBlock];
+        positions.gaussian(kp_driving.const_data_ptr<T>() + nk * 3, count, p, ed);
+        positions.gaussian(kp_source.const_data_ptr<T>() + nk * 3, count, p, es);
+        const T* kd = kp_driving.const_data_ptr<T>() + nk * 3;
+        const T* ks = kp_source.const_data_ptr<T>() + nk * 3;
+        T s[kSums] = {};
+        for (int64_t j = 0; j < count; ++j) {
+          for (int a = 0; a < 3; ++a) {
+            const T ga = gt[3 * j + a];
+            s[a] += ga;
+            for (int c = 0; c < 3; ++c) s[3 + 3 * a + c] += ga * p[c][j];
+            s[12 + a] += gh[j] * ed[j] * (p[a][j] - kd[a]);
+            s[15 + a] += gh[j] * es[j] * (p[a][j] - ks[a]);
+          }
+        }
+        double* acc = mine + nk * kSums;
+        for (int q = 0; q < kSums; ++q) acc[q] += static_cast<double>(s[q]);
+      }
+    });
+    const T *kd = kp_driving.const_data_ptr<T>(), *jac = jacobian.const_data_ptr<T>();
+    T *g_ks = grad_kp_source.data_ptr<T>(), *g_kd = grad_kp_driving.data_ptr<T>(), *g_j = grad_jacobian.data_ptr<T>();
+    const double inv_var = 1.0 / variance;
+    for (int64_t i = 0; i < batch * keypoints; ++i) {
+      double t[kSums] = {};
+      for (int64_t th = 0; th < threads; ++th) {
+        const double* part = sums.data() + (th * batch * keypoints + i) * kSums;
+        for (int q = 0; q < kSums; ++q) t[q] += part[q];
+      }
+      // T_k = J (p - kd) + ks; h = e_d - e_s with d e_d / d kd = e_d (p - kd) / variance, d e_s / d ks likewise
+      for (int q = 0; q < 3; ++q) {
+        g_ks[3 * i + q] = static_cast<T>(t[q] - t[15 + q] * inv_var);
+        double s = 0;
+        for (int r = 0; r < 3; ++r) s += static_cast<double>(jac[9 * i + 3 * r + q]) * t[r];
+        g_kd[3 * i + q] = static_cast<T>(t[12 + q] * inv_var - s);
+        for (int r = 0; r < 3; ++r) {
+          g_j[9 * i + 3 * q + r] = static_cast<T>(t[3 + 3 * q + r] - t[q] * static_cast<double>(kd[3 * i + r]));
         }
       }
     }

@@ -37,6 +37,19 @@ void keypoint_warp_3d_backward_cpu(const at::Tensor& grad_out, const at::Tensor&
                                    at::Tensor& grad_mask, at::Tensor& grad_jacobian, bool mask_is_logits,
                                    int64_t padding, bool align_corners);
 
+// The dense motion network's input (§4.3.3): out (N, K + 1, 1 + C, D, H, W) over the feature's
+// volume (D, H, W > 1); per motion k the heatmap exp(-|p - kp_driving_k|^2 / (2 variance)) -
+// exp(-|p - kp_source_k|^2 / (2 variance)) (0 for k = 0), then the feature sampled at T_k(p),
+// zeros padding.
+void sparse_motion_features_cpu(const at::Tensor& feature, const at::Tensor& kp_source, const at::Tensor& kp_driving,
+                                const at::Tensor& jacobian, at::Tensor& out, double variance, bool align_corners);
+
+void sparse_motion_features_backward_cpu(const at::Tensor& grad_out, const at::Tensor& feature,
+                                         const at::Tensor& kp_source, const at::Tensor& kp_driving,
+                                         const at::Tensor& jacobian, at::Tensor& grad_feature,
+                                         at::Tensor& grad_kp_source, at::Tensor& grad_kp_driving,
+                                         at::Tensor& grad_jacobian, double variance, bool align_corners);
+
 // The element offset the kernels compute for voxel (n, c, z, y, x) of a contiguous (N, C, D, H, W)
 // volume, in int64 (tests check it past 2^31 elements without allocating them).
 int64_t warp_voxel_offset(int64_t c_size, int64_t d, int64_t h, int64_t w, int64_t n, int64_t c, int64_t z,

@@ -18,11 +18,13 @@
 #pragma once
 
 #include <ATen/Parallel.h>
+#include <immintrin.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 namespace dgm_fast {
@@ -30,15 +32,20 @@ namespace cpu {
 namespace warp {
 
 enum Padding : int64_t { kZeros = 0, kBorder = 1, kReflection = 2 };  // PADDING_MODES' order
-constexpr int64_t kBlock = 128;  // output voxels per block: its offsets and weights stay in L1/L2
+constexpr int64_t kBlock = 512;  // output voxels per block: its offsets and weights stay in L1/L2
 constexpr uint8_t kAllInside = 0xFF;
+constexpr int64_t kInt32Volume = int64_t{1} << 31;  // channel volumes below this get 32-bit gather offsets
 
-// Sizes of one sample's volumes.
+// Sizes of one sample's volumes. Each input sample is sampled in `views` views (one per motion
+// of sparse_motion_features; 1 otherwise); view u reads sample u / views and writes its C
+// channels of V voxels at out + u * view_stride (positions policies are indexed by view).
 struct Geometry {
   int64_t c, d, h, w;  // input channels and spatial sizes
-  int64_t voxels;      // output voxels per sample, Do * Ho * Wo
+  int64_t voxels;      // output voxels per view, Do * Ho * Wo
   int64_t padding;
   bool align_corners;
+  int64_t views = 1;
+  int64_t view_stride = c * voxels;  // elements from one view's output to the next
   int64_t in_volume() const { return d * h * w; }
   // int64 offsets throughout: a volume may pass 2^31 elements
   int64_t channel_offset(int64_t n, int64_t channel) const { return (n * c + channel) * in_volume(); }
@@ -110,6 +117,7 @@ struct Block {
   int64_t n = 0;                        // voxels in this block
   alignas(64) T coord[3][kBlock];       // grid coordinates (x, y, z) in [-1, 1], from the policy
   alignas(64) int64_t off[8][kBlock];   // offset in a channel's volume (0 where outside)
+  alignas(64) int32_t off32[8][kBlock];  // the same in 32 bits, for AVX2 gathers (small volumes only)
   alignas(64) T w[8][kBlock];           // trilinear weight
   uint8_t inside[kBlock];               // bit k: corner k inside the volume
   int64_t edge[kBlock];                 // the voxels with a corner outside
@@ -139,6 +147,7 @@ struct Block {
         const bool in = x >= 0 && x < g.w && y >= 0 && y < g.h && z >= 0 && z < g.d;
         mask |= static_cast<uint8_t>(in) << k;
         off[k][j] = in ? g.voxel_offset(z, y, x) : 0;
+        off32[k][j] = static_cast<int32_t>(off[k][j]);  // used only where g.in_volume() < kInt32Volume
         w[k][j] = f[0][k & 1][j] * f[1][k >> 1 & 1][j] * f[2][k >> 2][j];
       }
       inside[j] = mask;
@@ -167,84 +176,129 @@ inline T sample_edge(const T* src, const Block<T>& b, int64_t j) {
   return acc;
 }
 
-// out (N, C, V) = the input sampled at the policy's positions; `visit(n, v0, block)` sees each
-// block's coordinates (keypoint_warp_3d writes them out when asked).
+// One channel of a block: dst[j] = sum_k src[off_k] w_k, corners in order; edge voxels redone.
+template <typename T>
+void sample_channel(const T* src, T* dst, const Block<T>& b) {
+  for (int64_t j = 0; j < b.n; ++j) dst[j] = sample_all_inside(src, b, j);  // offset 0 is a safe read
+  for (int64_t e = 0; e < b.n_edge; ++e) dst[b.edge[e]] = sample_edge(src, b, b.edge[e]);
+}
+
+// float32 with AVX2: 8 voxels a step, each corner one gather; the same products and sums in the
+// same order (separate multiply and add, no FMA), so the same bits as the scalar loop.
+__attribute__((target("avx2"))) inline void sample_channel_avx2(const float* src, float* dst, const Block<float>& b) {
+  int64_t j = 0;
+  for (; j + 8 <= b.n; j += 8) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int k = 0; k < 8; ++k) {  // (no lambda: it would not inherit the target)
+      const __m256i index = _mm256_load_si256(reinterpret_cast<const __m256i*>(b.off32[k] + j));
+      const __m256 term = _mm256_mul_ps(_mm256_i32gather_ps(src, index, 4), _mm256_load_ps(b.w[k] + j));
+      acc = k == 0 ? term : _mm256_add_ps(acc, term);
+    }
+    _mm256_storeu_ps(dst + j, acc);
+  }
+  for (; j < b.n; ++j) dst[j] = sample_all_inside(src, b, j);
+  for (int64_t e = 0; e < b.n_edge; ++e) dst[b.edge[e]] = sample_edge(src, b, b.edge[e]);
+}
+
+inline bool has_avx2() {
+  static const bool yes = __builtin_cpu_supports("avx2");
+  return yes;
+}
+
+// Each view's (C, V) output = the input sampled at the policy's positions; `visit(u, v0, block)`
+// sees each block's coordinates (keypoint_warp_3d writes them out when asked).
 template <typename T, typename Positions, typename Visit>
 void forward(const T* input, T* out, int64_t batch, const Geometry& g, const Positions& positions,
              const Visit& visit) {
   const int64_t blocks = (g.voxels + kBlock - 1) / kBlock;
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, kBlock * g.c));
-  at::parallel_for(0, batch * blocks, grain, [&](int64_t begin, int64_t end) {
+  const bool gather = has_avx2() && g.in_volume() < kInt32Volume;
+  at::parallel_for(0, batch * g.views * blocks, grain, [&](int64_t begin, int64_t end) {
     auto block = std::make_unique<Block<T>>();
     Block<T>& b = *block;
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / blocks, v0 = item % blocks * kBlock, count = std::min(kBlock, g.voxels - v0);
-      positions(n, v0, count, b);
+      const int64_t u = item / blocks, v0 = item % blocks * kBlock, count = std::min(kBlock, g.voxels - v0);
+      positions(u, v0, count, b);
       b.compute_corners(count, g);
-      visit(n, v0, b);
+      visit(u, v0, b);
       for (int64_t c = 0; c < g.c; ++c) {
-        const T* src = input + g.channel_offset(n, c);
-        T* dst = out + (n * g.c + c) * g.voxels + v0;
-        for (int64_t j = 0; j < b.n; ++j) dst[j] = sample_all_inside(src, b, j);  // offset 0 is a safe read
-        for (int64_t e = 0; e < b.n_edge; ++e) dst[b.edge[e]] = sample_edge(src, b, b.edge[e]);
+        const T* src = input + g.channel_offset(u / g.views, c);
+        T* dst = out + u * g.view_stride + c * g.voxels + v0;
+        if constexpr (std::is_same_v<T, float>) {
+          if (gather) {
+            sample_channel_avx2(src, dst, b);
+            continue;
+          }
+        }
+        sample_channel(src, dst, b);
       }
     }
   });
 }
 
 // --- backward ----------------------------------------------------------------------------
-// Channels [c0, c1) of sample n: their input gradient (zeroed here, then scattered into) and
-// their part of the gradient of the grid coordinates, written to grad_coord (n's (V, 3) rows).
+// One block of view u's voxels, for channels [c0, c1).
+template <typename T, typename Positions>
+void backward_block(const T* grad_out, const T* input, T* grad_input, T* grad_coord, int64_t u, int64_t v0,
+                    int64_t c0, int64_t c1, const Geometry& g, const Positions& positions, Block<T>& b) {
+  const int64_t n = u / g.views, count = std::min(kBlock, g.voxels - v0);
+  positions(u, v0, count, b);
+  b.compute_corners(count, g);
+  alignas(64) T acc[3][kBlock] = {};
+  for (int64_t c = c0; c < c1; ++c) {
+    const T* src = input + g.channel_offset(n, c);
+    T* gin = grad_input + g.channel_offset(n, c);
+    const T* go = grad_out + u * g.view_stride + c * g.voxels + v0;
+    for (int64_t j = 0; j < b.n; ++j) {
+      const uint8_t mask = b.inside[j];
+      const T gj = go[j];
+      T v[8];
+      for (int k = 0; k < 8; ++k) {
+        const bool in = mask >> k & 1;
+        v[k] = in ? src[b.off[k][j]] : T(0);
+        if (in) gin[b.off[k][j]] += b.w[k][j] * gj;
+      }
+      // d out / d position along x, y, z: differences of corners times the other axes' weights
+      const T fx0 = b.f[0][0][j], fx1 = b.f[0][1][j], fy0 = b.f[1][0][j], fy1 = b.f[1][1][j];
+      const T fz0 = b.f[2][0][j], fz1 = b.f[2][1][j];
+      acc[0][j] += gj * ((v[1] - v[0]) * fy0 * fz0 + (v[3] - v[2]) * fy1 * fz0 + (v[5] - v[4]) * fy0 * fz1 +
+                         (v[7] - v[6]) * fy1 * fz1);
+      acc[1][j] += gj * ((v[2] - v[0]) * fx0 * fz0 + (v[3] - v[1]) * fx1 * fz0 + (v[6] - v[4]) * fx0 * fz1 +
+                         (v[7] - v[5]) * fx1 * fz1);
+      acc[2][j] += gj * ((v[4] - v[0]) * fx0 * fy0 + (v[5] - v[1]) * fx1 * fy0 + (v[6] - v[2]) * fx0 * fy1 +
+                         (v[7] - v[3]) * fx1 * fy1);
+    }
+  }
+  T* gg = grad_coord + (u * g.voxels + v0) * 3;
+  for (int64_t j = 0; j < b.n; ++j) {
+    for (int a = 0; a < 3; ++a) gg[3 * j + a] = acc[a][j] * b.mult[a][j];
+  }
+}
+
+// Channels [c0, c1) of sample n: their input gradient (zeroed here, then scattered into from
+// every view of n) and their part of the gradient of each view's grid coordinates, written to
+// grad_coord (view u's (V, 3) rows at u * V * 3).
 template <typename T, typename Positions>
 void backward_channels(const T* grad_out, const T* input, T* grad_input, T* grad_coord, int64_t n, int64_t c0,
                        int64_t c1, const Geometry& g, const Positions& positions) {
   std::fill(grad_input + g.channel_offset(n, c0), grad_input + g.channel_offset(n, c1), T(0));
   auto block = std::make_unique<Block<T>>();
   Block<T>& b = *block;
-  for (int64_t v0 = 0; v0 < g.voxels; v0 += kBlock) {
-    const int64_t count = std::min(kBlock, g.voxels - v0);
-    positions(n, v0, count, b);
-    b.compute_corners(count, g);
-    alignas(64) T acc[3][kBlock] = {};
-    for (int64_t c = c0; c < c1; ++c) {
-      const T* src = input + g.channel_offset(n, c);
-      T* gin = grad_input + g.channel_offset(n, c);
-      const T* go = grad_out + (n * g.c + c) * g.voxels + v0;
-      for (int64_t j = 0; j < b.n; ++j) {
-        const uint8_t mask = b.inside[j];
-        const T gj = go[j];
-        T v[8];
-        for (int k = 0; k < 8; ++k) {
-          const bool in = mask >> k & 1;
-          v[k] = in ? src[b.off[k][j]] : T(0);
-          if (in) gin[b.off[k][j]] += b.w[k][j] * gj;
-        }
-        // d out / d position along x, y, z: differences of corners times the other axes' weights
-        const T fx0 = b.f[0][0][j], fx1 = b.f[0][1][j], fy0 = b.f[1][0][j], fy1 = b.f[1][1][j];
-        const T fz0 = b.f[2][0][j], fz1 = b.f[2][1][j];
-        acc[0][j] += gj * ((v[1] - v[0]) * fy0 * fz0 + (v[3] - v[2]) * fy1 * fz0 + (v[5] - v[4]) * fy0 * fz1 +
-                           (v[7] - v[6]) * fy1 * fz1);
-        acc[1][j] += gj * ((v[2] - v[0]) * fx0 * fz0 + (v[3] - v[1]) * fx1 * fz0 + (v[6] - v[4]) * fx0 * fz1 +
-                           (v[7] - v[5]) * fx1 * fz1);
-        acc[2][j] += gj * ((v[4] - v[0]) * fx0 * fy0 + (v[5] - v[1]) * fx1 * fy0 + (v[6] - v[2]) * fx0 * fy1 +
-                           (v[7] - v[3]) * fx1 * fy1);
-      }
-    }
-    T* gg = grad_coord + (n * g.voxels + v0) * 3;
-    for (int64_t j = 0; j < b.n; ++j) {
-      for (int a = 0; a < 3; ++a) gg[3 * j + a] = acc[a][j] * b.mult[a][j];
+  for (int64_t u = n * g.views; u < (n + 1) * g.views; ++u) {
+    for (int64_t v0 = 0; v0 < g.voxels; v0 += kBlock) {
+      backward_block(grad_out, input, grad_input, grad_coord, u, v0, c0, c1, g, positions, b);
     }
   }
 }
 
-// grad_input (N, C, D, H, W) and grad_coord (N, V, 3), the gradient of the grid coordinates.
+// grad_input (N, C, D, H, W) and grad_coord (N * views, V, 3), the gradient of the grid coordinates.
 template <typename T, typename Positions>
 void backward(const T* grad_out, const T* input, T* grad_input, T* grad_coord, int64_t batch, const Geometry& g,
               const Positions& positions) {
   // channel groups per sample: enough tasks for every thread, none smaller than one channel
   const int64_t threads = at::get_num_threads();
   const int64_t groups = batch >= threads ? 1 : std::max<int64_t>(1, std::min(g.c, (threads + batch - 1) / batch));
-  const int64_t coord_size = batch * g.voxels * 3;
+  const int64_t coord_size = batch * g.views * g.voxels * 3;
   std::vector<T> parts(groups > 1 ? groups * coord_size : 0);  // each group's coordinate gradient
   at::parallel_for(0, batch * groups, 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {

@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 
 from dgm_fast import _checks
-from dgm_fast.warp.op import GRID_SAMPLE_3D, KEYPOINT_WARP_3D, GridSampleArgs, KeypointWarpArgs
-from dgm_fast.warp.reference import PADDING_MODES
+from dgm_fast.warp.op import GRID_SAMPLE_3D, KEYPOINT_WARP_3D, SPARSE_MOTION_FEATURES, GridSampleArgs, KeypointWarpArgs
+from dgm_fast.warp.reference import PADDING_MODES, keypoint_heatmap_3d_reference
 
 WARP_DTYPES = frozenset((torch.float32, torch.float64))  # grid positions need more than 16 bits
 
@@ -73,11 +73,8 @@ def grid_sample_3d(input: Tensor, grid: Tensor, *, padding_mode: str = "zeros", 
     return GRID_SAMPLE_3D(input, grid, *grid_sample_args(input, grid, padding_mode, align_corners))
 
 
-def keypoint_warp_args(feature, kp_source, kp_driving, mask, jacobian, mask_is_logits, padding_mode, align_corners,
-                       return_deformation) -> tuple[Tensor, KeypointWarpArgs]:
-    """The Jacobians (identities when None) and the checked scalars in the op's form; bad arguments
-    raise naming themselves."""
-    _volume("feature", feature)
+def _keypoints(feature: Tensor, kp_source, kp_driving, jacobian) -> Tensor:
+    """Checked keypoints (N, K, 3) of ``feature``'s batch; the Jacobians, identities when None."""
     n = feature.shape[0]
     _like_feature("kp_source", kp_source, "feature", feature)
     if kp_source.dim() != 3 or kp_source.shape[0] != n or kp_source.shape[2] != 3:
@@ -87,19 +84,32 @@ def keypoint_warp_args(feature, kp_source, kp_driving, mask, jacobian, mask_is_l
     if kp_driving.shape != kp_source.shape:
         raise ValueError(f"kp_driving must have the shape of kp_source {tuple(kp_source.shape)}, "
                          f"got {tuple(kp_driving.shape)}")
+    if jacobian is None:
+        return torch.eye(3, dtype=feature.dtype, device=feature.device).expand(n, k, 3, 3)
+    _like_feature("jacobian", jacobian, "feature", feature)
+    if jacobian.shape != (n, k, 3, 3):
+        raise ValueError(f"jacobian must have shape (N={n}, K={k}, 3, 3), got {tuple(jacobian.shape)}")
+    return jacobian
+
+
+def _grid_sizes(name: str, shape) -> None:
+    if min(shape[2:]) < 2:
+        raise ValueError(f"{name} must have spatial dimensions of at least 2 (the identity grid spans [-1, 1]), "
+                         f"got {tuple(shape)}")
+
+
+def keypoint_warp_args(feature, kp_source, kp_driving, mask, jacobian, mask_is_logits, padding_mode, align_corners,
+                       return_deformation) -> tuple[Tensor, KeypointWarpArgs]:
+    """The Jacobians (identities when None) and the checked scalars in the op's form; bad arguments
+    raise naming themselves."""
+    _volume("feature", feature)
+    jacobian = _keypoints(feature, kp_source, kp_driving, jacobian)
+    n, k = kp_source.shape[:2]
     _like_feature("mask", mask, "feature", feature)
     if mask.dim() != 5 or mask.shape[0] != n or mask.shape[1] != k + 1:
         raise ValueError(f"mask must have shape (N={n}, K + 1={k + 1}, D, H, W): one weight per keypoint and one "
                          f"for the identity, got {tuple(mask.shape)}")
-    if min(mask.shape[2:]) < 2:
-        raise ValueError(f"mask must have spatial dimensions of at least 2 (the identity grid spans [-1, 1]), "
-                         f"got {tuple(mask.shape)}")
-    if jacobian is None:
-        jacobian = torch.eye(3, dtype=feature.dtype, device=feature.device).expand(n, k, 3, 3)
-    else:
-        _like_feature("jacobian", jacobian, "feature", feature)
-        if jacobian.shape != (n, k, 3, 3):
-            raise ValueError(f"jacobian must have shape (N={n}, K={k}, 3, 3), got {tuple(jacobian.shape)}")
+    _grid_sizes("mask", mask.shape)
     _flag("mask_is_logits", mask_is_logits)
     _options(padding_mode, align_corners)
     _flag("return_deformation", return_deformation)
@@ -127,3 +137,40 @@ def keypoint_warp_3d(
                                         padding_mode, align_corners, return_deformation)
     out, deformation = KEYPOINT_WARP_3D(feature, kp_source, kp_driving, mask, jacobian, *args)
     return (out, deformation) if return_deformation else out
+
+
+def keypoint_heatmap_3d(kp_source: Tensor, kp_driving: Tensor, spatial_size, *, variance: float = 0.01) -> Tensor:
+    """The keypoint heatmaps of the dense motion network (§4.3.3; face-vid2vid's kp2gaussian),
+    (N, K + 1, D, H, W): channel 0 zeros, channel k ``exp(-0.5 |p - kp_driving_k|^2 / variance) -
+    exp(-0.5 |p - kp_source_k|^2 / variance)`` over the identity grid p of ``spatial_size`` (D, H, W).
+    Plain PyTorch (``sparse_motion_features`` computes the same channel inside its fused pass)."""
+    _checks.dense_tensor("kp_source", kp_source, WARP_DTYPES)
+    if kp_source.dim() != 3 or kp_source.shape[2] != 3:
+        raise ValueError(f"kp_source must have shape (N, K, 3), got {tuple(kp_source.shape)}")
+    _like_feature("kp_driving", kp_driving, "kp_source", kp_source)
+    if kp_driving.shape != kp_source.shape:
+        raise ValueError(f"kp_driving must have the shape of kp_source {tuple(kp_source.shape)}, "
+                         f"got {tuple(kp_driving.shape)}")
+    if (not isinstance(spatial_size, (tuple, list)) or len(spatial_size) != 3
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 2 for n in spatial_size)):
+        raise ValueError(f"spatial_size must be three ints >= 2 (D, H, W), got {spatial_size!r}")
+    variance = _checks.real("variance", variance, low=0.0, low_open=True, finite=True)
+    return keypoint_heatmap_3d_reference(kp_source, kp_driving, tuple(spatial_size), variance)
+
+
+def sparse_motion_features(feature: Tensor, kp_source: Tensor, kp_driving: Tensor, *, jacobian: Tensor | None = None,
+                           variance: float = 0.01, align_corners: bool = False) -> Tensor:
+    """The dense motion network's input (§4.3.3, steps 1-2 of FOMM's motion model) in one pass:
+    (N, K + 1, 1 + C, D, H, W) over the feature's volume, per motion k (``T_0(p) = p``,
+    ``T_k(p) = J_k (p - kp_driving_k) + kp_source_k``) its heatmap channel (``keypoint_heatmap_3d``)
+    and then ``feature`` sampled at ``T_k(p)`` (``grid_sample_3d``, zeros padding). The K + 1 warped
+    copies are written straight into the output, each voxel's neighbourhood read once per motion
+    while it is in cache; nothing else is stored. Differentiable in the feature, both keypoint sets
+    and the Jacobians.
+    """
+    _volume("feature", feature)
+    _grid_sizes("feature", feature.shape)
+    jacobian = _keypoints(feature, kp_source, kp_driving, jacobian)
+    variance = _checks.real("variance", variance, low=0.0, low_open=True, finite=True)
+    return SPARSE_MOTION_FEATURES(feature, kp_source, kp_driving, jacobian, variance,
+                                  _flag("align_corners", align_corners))

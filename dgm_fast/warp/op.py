@@ -15,6 +15,14 @@ mask_is_logits, padding_code, align_corners, return_deformation)`` and
 ``keypoint_warp_3d_backward_cpu(grad_out, grad_deformation, feature, kp_source, kp_driving, mask,
 jacobian, grad_feature, grad_kp_source, grad_kp_driving, grad_mask, grad_jacobian, mask_is_logits,
 padding_code, align_corners)``.
+
+``dgm_fast::sparse_motion_features`` writes the dense motion network's input, the heatmap and the
+feature warped by each of the K + 1 motions, in one pass; its backward
+``dgm_fast::sparse_motion_features_backward`` gives the gradients of the feature, both keypoint sets
+and the Jacobians. Kernels: ``sparse_motion_features_cpu(feature, kp_source, kp_driving, jacobian, out,
+variance, align_corners)`` and ``sparse_motion_features_backward_cpu(grad_out, feature, kp_source,
+kp_driving, jacobian, grad_feature, grad_kp_source, grad_kp_driving, grad_jacobian, variance,
+align_corners)``.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ from dgm_fast.warp.reference import (
     grid_sample_3d_reference,
     keypoint_warp_3d_backward_reference,
     keypoint_warp_3d_reference,
+    sparse_motion_features_backward_reference,
+    sparse_motion_features_reference,
 )
 
 SCALARS = "str padding_mode, bool align_corners"
@@ -140,4 +150,40 @@ KEYPOINT_WARP_3D_BACKWARD = FusedOp(
     outputs=lambda go, gd, *inputs_and_scalars: [empty_output(t, torch.contiguous_format)
                                                 for t in inputs_and_scalars[:5]],
     kernel_scalars=_keypoint_kernel_scalars,
+)
+
+
+# --- the dense motion network's input ------------------------------------------------------------
+def _motion_features_output(feature, kp_source, *_):
+    n, c, *spatial = feature.shape
+    return [empty_output(feature.new_empty((n, kp_source.shape[1] + 1, 1 + c, *spatial)))]
+
+
+def _motion_features_setup_context(ctx, inputs, output):
+    ctx.args = tuple(inputs[4:6])  # variance, align_corners (the .backend overload adds one)
+    ctx.save_for_backward(*inputs[:4])
+
+
+def _motion_features_backward(ctx, grad_out):
+    inputs = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph: the differentiable formula, for double backward
+        grads = sparse_motion_features_backward_reference(grad_out, *inputs, *ctx.args)
+    else:
+        grads = SPARSE_MOTION_FEATURES_BACKWARD(grad_out.contiguous(), *inputs, *ctx.args)
+    return (*grads, None, None)
+
+
+SPARSE_MOTION_FEATURES = FusedOp(
+    "warp", "sparse_motion_features",
+    "(Tensor feature, Tensor kp_source, Tensor kp_driving, Tensor jacobian, float variance, bool align_corners) "
+    "-> Tensor",
+    reference=sparse_motion_features_reference, outputs=_motion_features_output,
+    setup_context=_motion_features_setup_context, backward=_motion_features_backward,
+)
+SPARSE_MOTION_FEATURES_BACKWARD = FusedOp(
+    "warp", "sparse_motion_features_backward",
+    "(Tensor grad_out, Tensor feature, Tensor kp_source, Tensor kp_driving, Tensor jacobian, float variance, "
+    "bool align_corners) -> (Tensor, Tensor, Tensor, Tensor)",
+    reference=sparse_motion_features_backward_reference,
+    outputs=lambda go, *inputs_and_scalars: [empty_output(t, torch.contiguous_format) for t in inputs_and_scalars[:4]],
 )

@@ -126,19 +126,37 @@ def identity_grid(spatial_size, dtype: torch.dtype, device) -> Tensor:
     return torch.stack([x, y, z], dim=-1)
 
 
-def keypoint_deformation(kp_source: Tensor, kp_driving: Tensor, mask: Tensor, jacobian: Tensor,
-                         mask_is_logits: bool) -> Tensor:
-    """The dense motion of FOMM / face-vid2vid as their code computes it, every motion materialised:
-    ``phi(p) = sum_k m_k(p) T_k(p)`` (N, D, H, W, 3) with ``T_0(p) = p`` and ``T_k(p) = J_k (p -
-    kp_driving_k) + kp_source_k``, ``m`` the mask (N, K + 1, D, H, W) or its softmax over dim 1."""
-    p = identity_grid(mask.shape[2:], mask.dtype, mask.device)
+def keypoint_motions(kp_source: Tensor, kp_driving: Tensor, jacobian: Tensor, spatial_size) -> Tensor:
+    """The K + 1 motions of FOMM / face-vid2vid on the identity grid p, (N, K + 1, D, H, W, 3):
+    ``T_0(p) = p`` and ``T_k(p) = J_k (p - kp_driving_k) + kp_source_k`` (§4.3.3)."""
+    p = identity_grid(spatial_size, kp_source.dtype, kp_source.device)
     diff = p - kp_driving[:, :, None, None, None, :]  # (N, K, D, H, W, 3)
     jac = jacobian[:, :, None, None, None]  # (N, K, 1, 1, 1, 3, 3)
     motions = (jac[..., 0] * diff[..., 0:1] + jac[..., 1] * diff[..., 1:2] + jac[..., 2] * diff[..., 2:3]
                + kp_source[:, :, None, None, None, :])
-    motions = torch.cat([p.expand(mask.shape[0], 1, *p.shape), motions], dim=1)  # (N, K + 1, D, H, W, 3)
+    return torch.cat([p.expand(kp_source.shape[0], 1, *p.shape), motions], dim=1)
+
+
+def keypoint_deformation(kp_source: Tensor, kp_driving: Tensor, mask: Tensor, jacobian: Tensor,
+                         mask_is_logits: bool) -> Tensor:
+    """The dense motion of FOMM / face-vid2vid as their code computes it, every motion materialised:
+    ``phi(p) = sum_k m_k(p) T_k(p)`` (N, D, H, W, 3), ``m`` the mask (N, K + 1, D, H, W) or its
+    softmax over dim 1."""
+    motions = keypoint_motions(kp_source, kp_driving, jacobian, mask.shape[2:])
     weights = torch.softmax(mask, dim=1) if mask_is_logits else mask
     return (weights.unsqueeze(-1) * motions).sum(dim=1)
+
+
+def keypoint_heatmap_3d_reference(kp_source: Tensor, kp_driving: Tensor, spatial_size, variance: float) -> Tensor:
+    """(N, K + 1, D, H, W): channel 0 zeros, channel k ``exp(-0.5 |p - kp_driving_k|^2 / variance) -
+    exp(-0.5 |p - kp_source_k|^2 / variance)`` (the heatmaps of §4.3.3, face-vid2vid's kp2gaussian)."""
+    p = identity_grid(spatial_size, kp_source.dtype, kp_source.device)
+
+    def gaussian(kp):
+        return torch.exp(-0.5 * ((p - kp[:, :, None, None, None, :]) ** 2).sum(-1) / variance)
+
+    heat = gaussian(kp_driving) - gaussian(kp_source)
+    return torch.cat([heat.new_zeros((heat.shape[0], 1, *heat.shape[2:])), heat], dim=1)
 
 
 def keypoint_warp_3d_reference(feature: Tensor, kp_source: Tensor, kp_driving: Tensor, mask: Tensor,
@@ -161,3 +179,25 @@ def keypoint_warp_3d_backward_reference(grad_out: Tensor, grad_deformation: Tens
         return keypoint_warp_3d_reference(*inputs, mask_is_logits, padding_mode, align_corners, True)
 
     return _gradients(warp, (feature, kp_source, kp_driving, mask, jacobian), (grad_out, grad_deformation))
+
+
+def sparse_motion_features_reference(feature: Tensor, kp_source: Tensor, kp_driving: Tensor, jacobian: Tensor,
+                                     variance: float, align_corners: bool) -> Tensor:
+    """The dense motion network's input (N, K + 1, 1 + C, D, H, W) over the feature's volume: per motion
+    k the heatmap channel, then the feature sampled at ``T_k(p)`` (zeros padding), as FOMM /
+    face-vid2vid build it from K + 1 warped copies of the feature."""
+    n, c, *spatial = feature.shape
+    motions = keypoint_motions(kp_source, kp_driving, jacobian, spatial)  # (N, K + 1, D, H, W, 3)
+    views = motions.shape[1]
+    copies = feature.unsqueeze(1).expand(n, views, *feature.shape[1:]).reshape(n * views, *feature.shape[1:])
+    sampled = grid_sample_3d_reference(copies, motions.reshape(n * views, *motions.shape[2:]), "zeros", align_corners)
+    heat = keypoint_heatmap_3d_reference(kp_source, kp_driving, spatial, variance)
+    return torch.cat([heat.unsqueeze(2), sampled.reshape(n, views, c, *spatial)], dim=2)
+
+
+def sparse_motion_features_backward_reference(grad_out: Tensor, feature: Tensor, kp_source: Tensor,
+                                              kp_driving: Tensor, jacobian: Tensor, variance: float,
+                                              align_corners: bool) -> tuple[Tensor, ...]:
+    """The gradients of feature, kp_source, kp_driving and jacobian for ``grad_out``, contiguous."""
+    return _gradients(lambda *inputs: sparse_motion_features_reference(*inputs, variance, align_corners),
+                      (feature, kp_source, kp_driving, jacobian), (grad_out,))

@@ -80,10 +80,14 @@ def _tags(batch: int, x: torch.Tensor, grid: torch.Tensor) -> dict:
     return dict(size=size, dtype=DTYPE, batch=batch, channels=CHANNELS, volume=list(VOLUME), bytes=traffic)
 
 
-def test_copy(measure, bench_config, warp_batch):
-    """Copy bandwidth at each output size: the yardstick of the warp rows."""
-    batch = warp_batch
-    x = torch.randn(batch, CHANNELS, *VOLUME, dtype=DTYPE, device=bench_config.device)
+@pytest.mark.parametrize("output", ["volume", "motion_features"])
+def test_copy(measure, bench_config, warp_batch, output):
+    """Copy bandwidth at each output size: the yardstick of the warp rows (the sampled volume, and
+    sparse_motion_features' K + 1 heatmaps and warped copies)."""
+    shape = (warp_batch, CHANNELS, *VOLUME)
+    if output == "motion_features":
+        shape = (warp_batch, keypoint_count(warp_batch) + 1, 1 + CHANNELS, *VOLUME)
+    x = torch.randn(shape, dtype=DTYPE, device=bench_config.device)
     out = torch.empty_like(x)
     measure(lambda: out.copy_(x), op="copy", contender="torch", size=x.numel(), dtype=DTYPE,
             bytes=2 * x.numel() * x.element_size())
@@ -176,7 +180,6 @@ def test_keypoint_warp_3d_fwd_bwd(measure, bench_config, contender, backend, war
             backend_op="keypoint_warp_3d", peak_extra_bytes=peak, **_keypoint_tags(warp_batch, inputs))
 
 
-
 # --- the dense motion network's input ------------------------------------------------------------
 MOTION_FEATURES = {
     "dgm_fast": lambda f, s, d, j: dgm_fast.sparse_motion_features(f, s, d, jacobian=j),
@@ -190,7 +193,9 @@ def test_sparse_motion_features(measure, bench_config, contender, backend, warp_
     inputs = (feature, kp_source, kp_driving, jacobian)
     build = MOTION_FEATURES[contender]
     tags = _keypoint_tags(warp_batch, inputs)
-    tags["size"] *= keypoint_count(warp_batch) + 1  # the output: K + 1 copies (and heatmaps)
+    views = keypoint_count(warp_batch) + 1
+    out_elements = views * (1 + CHANNELS) * tags["size"] // CHANNELS  # K + 1 heatmaps and warped copies
+    tags.update(size=out_elements, bytes=tags["bytes"] + (out_elements - tags["size"]) * inputs[0].element_size())
     with torch.no_grad(), dgm_fast.use_backend(backend or "auto"):
         peak = peak_extra_bytes(lambda: build(*inputs), bench_config.device)
         measure(lambda: build(*inputs), op="sparse_motion_features", contender=contender, backend=backend,

@@ -50,6 +50,13 @@ def integer(name: str, value, *, low: int | None = None, high: int | None = None
     return value
 
 
+def boolean(name: str, value) -> bool:
+    """A bool (not an int standing for one)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
 def seed(value) -> int:
     """A 64-bit seed in [0, 2**64), as the signed int64 the ops carry (two's complement)."""
     return signed_seed(integer("seed", value, low=0, high=SEED_RANGE))

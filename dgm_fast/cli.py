@@ -1,4 +1,4 @@
-"""The dgm-fast command: demo, bench and info.
+"""The dgm-fast command: demo, warp, bench and info.
 
 Every check that needs no work (output folders, device, installed tools)
 runs before the work starts and fails as a one-line usage error (exit 2).
@@ -16,7 +16,8 @@ from dgm_fast import _checks
 
 DESCRIPTION = (
     "Fused CPU/CUDA/Triton kernels for deep generative models. "
-    "Run the end-to-end demo, benchmark the kernels, or show what this installation can run."
+    "Run the end-to-end demo or one family's part of it, benchmark the kernels, or show what this "
+    "installation can run."
 )
 
 
@@ -33,6 +34,31 @@ def _demo(args: argparse.Namespace) -> None:
 
     out = _output_dir(args.cmd_parser, "--out", args.out)
     run_demo(out, mode=args.mode, seed=args.seed)
+
+
+def _warp(args: argparse.Namespace) -> None:
+    from dgm_fast.demo.warp_head import run_warp
+
+    out = _output_dir(args.cmd_parser, "--out", args.out)
+    result = run_warp(out, mode=args.mode, seed=args.seed, angles_deg=(args.pitch, args.yaw, args.roll),
+                      expression_seed=args.expression)
+    print(f"wrote {result['figure']}")
+
+
+def _angle(text: str) -> float:
+    from dgm_fast.demo.warp_head import MAX_ANGLE
+
+    value = float(text)
+    if not -MAX_ANGLE <= value <= MAX_ANGLE:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be in [-{MAX_ANGLE:g}, {MAX_ANGLE:g}] degrees, got {text}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
+    return value
 
 
 def _bench(args: argparse.Namespace) -> None:
@@ -73,25 +99,57 @@ def _add_demo(sub) -> None:
     demo = sub.add_parser(
         "demo", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help=f"train toy EBMs with noisy and noise-free Langevin dynamics (dissertation §2.4.6) and GLF vs "
-             f"regularized GLF vs VAE + flow prior on digits (§3.2), {MODES['default'].duration} on 2 CPU cores",
+             f"regularized GLF vs VAE + flow prior on digits (§3.2), then warp a head volume by keypoints (§4.3), "
+             f"{MODES['default'].duration} on 2 CPU cores",
         description="Train energy-based models on the 9-Gaussian grid and the Swiss roll with short-run noisy "
                     "(2.15) and noise-free (2.20) dynamics, score them by MMD and plot samples and -E "
                     "(ebm_toy.png); then train GLF (3.3), regularized GLF (3.2) and a VAE with a flow prior "
                     "(3.1) on scikit-learn's digits, score them by Fréchet distance and precision/recall in a "
                     "digit classifier's features and by the flow's test NLL, and plot samples, their nearest "
-                    "training digits and interpolations (glf_*.png); all scores in metrics.json. Takes "
+                    "training digits and interpolations (glf_*.png); then run the warp part (see dgm-fast warp: "
+                    "warp_head.png); all scores and timings in metrics.json. Takes "
                     f"{MODES['default'].duration} on 2 CPU cores; --quick and --full change the training budget.",
     )
     demo.add_argument("--out", type=Path, default=Path("demo_out"), help="folder for the figure and metrics")
-    # SUPPRESS keeps "(default: ...)" off these two; the parser's default mode fills the gap
-    demo.set_defaults(mode="default")
-    length = demo.add_mutually_exclusive_group()
-    length.add_argument("--quick", dest="mode", action="store_const", const="quick", default=argparse.SUPPRESS,
-                        help=f"a smoke test that still shows the modes ({MODES['quick'].duration})")
-    length.add_argument("--full", dest="mode", action="store_const", const="full", default=argparse.SUPPRESS,
-                        help=f"the dissertation's setting, appendix 2.4.7 ({MODES['full'].duration})")
-    demo.add_argument("--seed", type=int, default=0, help="seed of torch's generator (data, starts, noise)")
+    _add_mode_options(demo, quick=f"a smoke test that still shows the modes ({MODES['quick'].duration})",
+                      full=f"the dissertation's setting, appendix 2.4.7 ({MODES['full'].duration})",
+                      seed="seed of torch's generator (data, starts, noise)")
     demo.set_defaults(run=_demo, cmd_parser=demo)
+
+
+def _add_mode_options(parser: argparse.ArgumentParser, *, quick: str, full: str, seed: str) -> None:
+    """--quick / --full (the default mode otherwise) and --seed, with these help texts."""
+    # SUPPRESS keeps "(default: ...)" off these two; the parser's default mode fills the gap
+    parser.set_defaults(mode="default")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--quick", dest="mode", action="store_const", const="quick", default=argparse.SUPPRESS,
+                        help=quick)
+    length.add_argument("--full", dest="mode", action="store_const", const="full", default=argparse.SUPPRESS,
+                        help=full)
+    parser.add_argument("--seed", type=_seed, default=0, help=seed)
+
+
+def _add_warp(sub) -> None:
+    from dgm_fast.demo.warp_head import MODES
+
+    warp = sub.add_parser(
+        "warp", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="the demo's warp part: turn a synthetic head volume by a 3DMM pose change with the fused "
+             f"keypoint warp (dissertation §4.3) and time it against the eager chain, {MODES['default'].duration}",
+        description="Take the landmarks of a synthetic 3D morphable model (§4.3.4) before and after a pose "
+                    "change as keypoints, warp a head volume with "
+                    "dgm_fast.keypoint_warp_3d (§4.3.3), save the source, the motion field and the result "
+                    "(warp_head.png), and time the fused warp against the eager chain of FOMM / face-vid2vid.",
+    )
+    warp.add_argument("--out", type=Path, default=Path("demo_out"), help="folder for the figure")
+    for name, default in (("pitch", 0.0), ("yaw", 30.0), ("roll", 0.0)):
+        warp.add_argument(f"--{name}", type=_angle, default=default, help=f"{name} of the driving pose, degrees")
+    warp.add_argument("--expression", type=_seed, default=None, metavar="SEED",
+                      help="also give the driving face a random 3DMM expression drawn with this seed")
+    _add_mode_options(warp, quick=f"smaller volumes, fewer timed calls ({MODES['quick'].duration})",
+                      full=f"a larger head volume, more timed calls ({MODES['full'].duration})",
+                      seed="seed of the face's identity and of the timed feature volume")
+    warp.set_defaults(run=_warp, cmd_parser=warp)
 
 
 def _add_bench(sub) -> None:
@@ -125,8 +183,9 @@ def _add_info(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dgm-fast", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"dgm-fast {dgm_fast.__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,bench,info}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,warp,bench,info}")
     _add_demo(sub)
+    _add_warp(sub)
     _add_bench(sub)
     _add_info(sub)
     return parser

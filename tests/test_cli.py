@@ -18,7 +18,7 @@ from dgm_fast import benchmark
 from dgm_fast._op import registered_ops
 from dgm_fast.backend import BACKENDS
 from dgm_fast.cli import main
-from dgm_fast.demo import glf_digits
+from dgm_fast.demo import glf_digits, warp_head
 from dgm_fast.demo import run as demo_run
 from dgm_fast.models import TrainConfig
 
@@ -29,10 +29,15 @@ def _no_work(*args, **kwargs):
     raise AssertionError("the command started its work before checking its arguments")
 
 
+TINY_WARP = replace(warp_head.MODES["quick"], figure_size=(6, 12, 12), timing_channels=2, timing_size=(4, 6, 6),
+                    repeats=1)
+
+
 @pytest.fixture
 def no_work(monkeypatch):
-    """Fail if the demo or the benchmark suite starts."""
+    """Fail if the demo, the warp demo or the benchmark suite starts."""
     monkeypatch.setattr(dgm_fast.demo, "run_demo", _no_work)
+    monkeypatch.setattr(warp_head, "run_warp", _no_work)
     monkeypatch.setattr(benchmark, "run_bench", _no_work)
 
 
@@ -64,6 +69,29 @@ def test_demo_out_under_a_file_is_a_usage_error(capsys, no_work, a_file):
 
 def test_demo_out_that_is_a_file_is_a_usage_error(capsys, no_work, a_file):
     assert "not a folder" in _usage_error(capsys, ["demo", "--out", str(a_file)])
+
+
+def test_warp_out_that_is_a_file_is_a_usage_error(capsys, no_work, a_file):
+    assert "--out" in _usage_error(capsys, ["warp", "--out", str(a_file)])
+
+
+@pytest.mark.parametrize("argv,wanted", [(["--yaw", "61"], "--yaw: must be in [-60, 60] degrees"),
+                                         (["--pitch", "nan"], "--pitch: must be in"),
+                                         (["--roll", "left"], "--roll: invalid"),
+                                         (["--expression", "-3"], "--expression: must be a non-negative integer"),
+                                         (["--seed", "-1"], "--seed: must be a non-negative integer"),
+                                         (["--quick", "--full"], "not allowed with argument")])
+def test_warp_bad_options_are_usage_errors(capsys, no_work, argv, wanted):
+    assert wanted in _usage_error(capsys, ["warp", *argv])
+
+
+def test_warp_writes_its_figure_and_prints_where(capsys, monkeypatch, tmp_path):
+    monkeypatch.setitem(warp_head.MODES, "quick", TINY_WARP)
+    main(["warp", "--quick", "--out", str(tmp_path), "--yaw", "-20", "--expression", "1"])
+    printed = capsys.readouterr().out
+    assert (tmp_path / "warp_head.png").stat().st_size > 10_000
+    assert f"wrote {tmp_path.resolve() / 'warp_head.png'}" in printed
+    assert "dgm_fast" in printed and "eager chain" in printed and "speed-up" in printed
 
 
 def test_bench_results_that_is_a_file_is_a_usage_error(capsys, no_work, a_file):
@@ -101,7 +129,7 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == f"dgm-fast {dgm_fast.__version__}"
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["bench"], ["info"]])
+@pytest.mark.parametrize("command", [[], ["demo"], ["warp"], ["bench"], ["info"]])
 def test_help_is_plain_text(capsys, command):
     with pytest.raises(SystemExit):
         main([*command, "--help"])
@@ -148,10 +176,11 @@ def test_demo_writes_its_files_and_prints_where(capsys, monkeypatch, tmp_path):
                                resolution=8, duration="a moment")
     monkeypatch.setitem(demo_run.MODES, "quick", tiny)
     monkeypatch.setitem(glf_digits.MODES, "quick", replace(glf_digits.MODES["quick"], epochs=1, classifier_epochs=1))
+    monkeypatch.setitem(warp_head.MODES, "quick", TINY_WARP)
     out = tmp_path / "new" / "folder"
     main(["demo", "--quick", "--out", str(out)])
     printed = capsys.readouterr().out
-    for name in ("ebm_toy.png", "glf_samples.png", "metrics.json"):
+    for name in ("ebm_toy.png", "glf_samples.png", "warp_head.png", "metrics.json"):
         assert (out / name).stat().st_size > 0
         assert str(out.resolve() / name) in printed
 

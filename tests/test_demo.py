@@ -90,7 +90,8 @@ def test_quick_demo_writes_its_files(quick_run):
     assert saved["scores"] == result["scores"] and saved["glf"]["scores"] == result["glf"]["scores"]
     assert result["figure"] == str(png) and result["metrics_json"] == str(metrics)
     assert result["glf"]["figures"] == {key: str(out / name) for key, name in GLF_FIGURES.items()}
-    for name in GLF_FIGURES.values():
+    assert result["warp"]["figure"] == str(out / "warp_head.png") and saved["warp"]["timings"] == result["warp"]["timings"]
+    for name in (*GLF_FIGURES.values(), "warp_head.png"):
         png = out / name
         assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == PNG_SIGNATURE
 
@@ -122,6 +123,13 @@ def test_quick_glf_shows_the_dissertations_pattern(quick_run):
     # §3.2.3 / Figure 3.8: without the stop gradient the NLL shrinks the latents and runs negative
     assert regularized["latent_rms"] < 0.5 * glf["latent_rms"], scores
     assert regularized["test_nll"] < glf["test_nll"] - 10, scores
+
+
+def test_quick_warp_times_both_warps_and_they_agree(quick_run):
+    timings = quick_run[1]["warp"]["timings"]
+    for name in ("dgm_fast", "eager chain"):
+        assert all(timings[name][key] > 0 for key in ("forward_ms", "forward_backward_ms")), timings
+    assert timings["max_abs_difference"] < 1e-4  # float32 outputs of the same warp (values ~1)
 
 
 def test_quick_demo_beats_the_prior(quick_run):

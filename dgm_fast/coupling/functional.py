@@ -22,9 +22,7 @@ def coupling_args(x2, s, t, scale, clamp, inverse) -> CouplingArgs:
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
     clamp = _checks.real("clamp", clamp, low=0.0, low_open=True, finite=True)
-    if not isinstance(inverse, bool):
-        raise TypeError(f"inverse must be a bool, got {type(inverse).__name__}")
-    return CouplingArgs(scale, clamp, inverse)
+    return CouplingArgs(scale, clamp, _checks.boolean("inverse", inverse))
 
 
 def affine_coupling(

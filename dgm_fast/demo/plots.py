@@ -1,5 +1,6 @@
 """The demo's figures, each with a caption: EBM samples and -E heat maps (Figures 2.1 / 2.2), and
-GLF's digit samples, nearest training neighbours (Figure 3.3) and noise interpolations (Figure 3.2(f))."""
+GLF's digit samples, nearest training neighbours (Figure 3.3) and noise interpolations (Figure 3.2(f)),
+and the keypoint-driven warp of a head volume (§4.3.3)."""
 
 from __future__ import annotations
 
@@ -118,4 +119,39 @@ def plot_interpolation(paths: Tensor, path: Path, caption: str) -> Path:
     for i, row in enumerate(axes):
         for j, ax in enumerate(row):
             _show(ax, paths[i, j, 0].detach().cpu().numpy(), f"t = {j / (steps - 1):.2f}" if i == 0 else "")
+    return _save(fig, path, caption)
+
+
+def _keypoints_px(kp: Tensor, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel (column, row) of keypoints (K, 3) in [-1, 1], rows counted from the bottom (y up)."""
+    kp = kp.detach().cpu().numpy()
+    return (kp[:, 0] + 1) / 2 * (width - 1), (kp[:, 1] + 1) / 2 * (height - 1)
+
+
+def plot_warp(source: Tensor, warped: Tensor, displacement: Tensor, kp_source: Tensor, kp_driving: Tensor,
+              path: Path, caption: str) -> Path:
+    """The keypoint warp of §4.3.3: the source render (H, W, 3) with its keypoints, the deformation's
+    displacement (D, H, W, 3) at the slice of the driving keypoints' mean depth, and the warped render
+    with the driving keypoints."""
+    depth, height, width = displacement.shape[:3]
+    fig = _figure(13.0, 4.2)
+    axes = fig.subplots(1, 3)
+    for ax, image, kp, title, marker in ((axes[0], source, kp_source, "source and its keypoints", "o"),
+                                         (axes[2], warped, kp_driving, "warped, with the driving keypoints", "x")):
+        ax.imshow(image.numpy(), origin="lower", interpolation="bilinear")
+        ax.scatter(*_keypoints_px(kp, height, width), s=18, marker=marker, color="black", linewidths=1.2)
+        ax.set(xticks=[], yticks=[], title=title)
+    z = float(kp_driving[:, 2].mean())
+    d = min(depth - 1, max(0, round((z + 1) / 2 * (depth - 1))))
+    field = displacement[d].numpy()
+    image = axes[1].imshow(field[..., 2], origin="lower", cmap="coolwarm",
+                           vmin=-np.abs(field[..., 2]).max(), vmax=np.abs(field[..., 2]).max())
+    step = max(1, width // 16)
+    rows, cols = np.mgrid[0:height:step, 0:width:step]
+    # displacements are in normalised units (the volume spans 2): arrows in pixels
+    axes[1].quiver(cols, rows, field[::step, ::step, 0] * (width - 1) / 2, field[::step, ::step, 1] * (height - 1) / 2,
+                   angles="xy", scale_units="xy", scale=1, width=0.004)
+    axes[1].set(xticks=[], yticks=[], title=f"phi(p) - p at depth z = {2 * d / (depth - 1) - 1:.2f}")
+    bar = fig.colorbar(image, ax=axes[1], fraction=0.046, pad=0.02)
+    bar.set_label("z part of phi(p) - p (volume spans [-1, 1])", fontsize=8)
     return _save(fig, path, caption)

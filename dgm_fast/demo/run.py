@@ -1,5 +1,7 @@
 """The end-to-end demo: EBMs on 2-D toy data trained with noisy vs noise-free dynamics (§2.4.6), then
-GLF vs regularized GLF vs VAE + flow prior on scikit-learn's digits (§3.2.4, dgm_fast.demo.glf_digits)."""
+GLF vs regularized GLF vs VAE + flow prior on scikit-learn's digits (§3.2.4, dgm_fast.demo.glf_digits),
+then a head volume turned by a 3DMM pose change through the fused keypoint warp (§4.3,
+dgm_fast.demo.warp_head)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from pathlib import Path
 import torch
 
 from dgm_fast import _checks
-from dgm_fast.demo import glf_digits
+from dgm_fast.demo import glf_digits, warp_head
 from dgm_fast.demo.metrics import BANDWIDTHS, grid_modes, mmd2
 from dgm_fast.demo.plots import neg_energy_grid, plot_toy_results
 from dgm_fast.demo.toy_data import DATASETS
@@ -124,15 +126,16 @@ def _caption() -> str:
 
 
 def run_demo(out_dir: Path, *, mode: str = "default", seed: int = 0) -> dict:
-    """Train, sample, score and plot; writes ``ebm_toy.png``, the GLF part's three PNGs and
-    ``metrics.json`` to ``out_dir``.
+    """Train, sample, score and plot; writes ``ebm_toy.png``, the GLF part's three PNGs, the warp part's
+    ``warp_head.png`` and ``metrics.json`` to ``out_dir``.
 
     ``mode`` is a key of ``MODES``: "quick" (a smoke test that still shows the
     modes), "default" or "full" (the appendix 2.4.7 setting, and the InfoGAN
     auto-encoder at 28 px). Returns ``{"scores": {dataset: {PRIOR or dynamics
     name: {"mmd2": ..., and on the grid "high_quality", "modes"}}},
     "train_seconds": {dataset: {dynamics name: s}}, "glf": what
-    ``glf_digits.run_glf`` returns, "seconds": total, "config": {...}, "figure":
+    ``glf_digits.run_glf`` returns, "warp": what ``warp_head.run_warp`` returns, "seconds": total,
+    "config": {...}, "figure":
     png path, "metrics_json": json path}``.
     """
     if mode not in MODES:
@@ -140,8 +143,8 @@ def run_demo(out_dir: Path, *, mode: str = "default", seed: int = 0) -> dict:
     cfg = MODES[mode]
     out_dir = _checks.writable_dir("out_dir", out_dir)  # before the minutes of training
     print(f"dgm-fast demo, {mode} mode: {len(DATASETS)} datasets x {len(DYNAMICS)} dynamics x "
-          f"{cfg.train.n_iters} training steps, then {glf_digits.describe(mode)} "
-          f"({cfg.duration} on 2 CPU cores); output to {out_dir}")
+          f"{cfg.train.n_iters} training steps, then {glf_digits.describe(mode)}, then a keypoint warp "
+          f"of a head volume ({cfg.duration} on 2 CPU cores); output to {out_dir}")
     torch.manual_seed(seed)  # data, initial points and Langevin noise all come from torch's generator
     start = time.perf_counter()
     scores, train_seconds, rows = {}, {}, []
@@ -152,10 +155,12 @@ def run_demo(out_dir: Path, *, mode: str = "default", seed: int = 0) -> dict:
         figure = plot_toy_results(rows, out_dir / "ebm_toy.png", _caption())
         _print_tables(scores)
         glf = glf_digits.run_glf(out_dir, mode=mode, seed=seed)
+    warp = warp_head.run_warp(out_dir, mode=mode, seed=seed)  # all threads: it times a parallel kernel
     result = {
         "scores": scores,
         "train_seconds": train_seconds,
         "glf": glf,
+        "warp": warp,
         "seconds": time.perf_counter() - start,
         "config": {"mode": mode, "seed": seed, "mmd_bandwidths": BANDWIDTHS, "demo": asdict(cfg),
                    "dynamics": [asdict(d) for d in DYNAMICS]},
@@ -163,6 +168,6 @@ def run_demo(out_dir: Path, *, mode: str = "default", seed: int = 0) -> dict:
         "metrics_json": str(out_dir / "metrics.json"),
     }
     Path(result["metrics_json"]).write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {', '.join([str(figure), *glf['figures'].values()])} and {result['metrics_json']} "
+    print(f"\nwrote {', '.join([str(figure), *glf['figures'].values(), warp['figure']])} and {result['metrics_json']} "
           f"({result['seconds']:.0f} s)")
     return result

@@ -18,12 +18,6 @@ from dgm_fast import _checks
 INFOGAN_IMAGE_SIZES = (28, 32, 64)  # MNIST / Fashion (M = 7), CIFAR-10 (M = 8), CelebA (M = 16)
 
 
-def _flag(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return value
-
-
 class _AutoEncoder(nn.Module):
     """What both auto-encoders share: ``encode`` splits the variational head, ``decode`` reshapes."""
 
@@ -63,7 +57,7 @@ class InfoGANAutoEncoder(_AutoEncoder):
             raise ValueError(f"image_size must be one of {INFOGAN_IMAGE_SIZES}, got {image_size}")
         channels = _checks.integer("channels", channels, low=1)
         self.latent_dim = _checks.integer("latent_dim", latent_dim, low=1)
-        self.variational = _flag("variational", variational)
+        self.variational = _checks.boolean("variational", variational)
         self.image_shape = (channels, image_size, image_size)
         m = image_size // 4
         self.encoder = nn.Sequential(
@@ -102,7 +96,7 @@ class MLPAutoEncoder(_AutoEncoder):
         super().__init__()
         self.input_dim = _checks.integer("input_dim", input_dim, low=1)
         self.latent_dim = _checks.integer("latent_dim", latent_dim, low=1)
-        self.variational = _flag("variational", variational)
+        self.variational = _checks.boolean("variational", variational)
         if not isinstance(hidden, (tuple, list)):
             raise TypeError(f"hidden must be a tuple of ints, got {type(hidden).__name__}")
         hidden = tuple(_checks.integer("hidden", h, low=1) for h in hidden)

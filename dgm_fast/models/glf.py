@@ -200,8 +200,7 @@ def _check_training_args(data, epochs, batch_size, lr, flow_weight_decay, lr_dec
     _checks.integer("seed", seed, low=0, high=2**64)
     if desc is not None and not isinstance(desc, str):
         raise TypeError(f"desc must be a str or None, got {type(desc).__name__}")
-    if not isinstance(progress, bool):
-        raise TypeError(f"progress must be a bool, got {type(progress).__name__}")
+    _checks.boolean("progress", progress)
 
 
 def train_glf(model: GLF, data: Tensor, *, epochs: int, batch_size: int = 256, lr: float = 1e-3,

@@ -37,13 +37,7 @@ def _options(padding_mode, align_corners) -> None:
         raise TypeError(f"padding_mode must be a str, one of {PADDING_MODES}, got {type(padding_mode).__name__}")
     if padding_mode not in PADDING_MODES:
         raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
-    _flag("align_corners", align_corners)
-
-
-def _flag(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return value
+    _checks.boolean("align_corners", align_corners)
 
 
 def grid_sample_args(input, grid, padding_mode, align_corners) -> GridSampleArgs:
@@ -110,9 +104,9 @@ def keypoint_warp_args(feature, kp_source, kp_driving, mask, jacobian, mask_is_l
         raise ValueError(f"mask must have shape (N={n}, K + 1={k + 1}, D, H, W): one weight per keypoint and one "
                          f"for the identity, got {tuple(mask.shape)}")
     _grid_sizes("mask", mask.shape)
-    _flag("mask_is_logits", mask_is_logits)
+    _checks.boolean("mask_is_logits", mask_is_logits)
     _options(padding_mode, align_corners)
-    _flag("return_deformation", return_deformation)
+    _checks.boolean("return_deformation", return_deformation)
     return jacobian, KeypointWarpArgs(mask_is_logits, padding_mode, align_corners, return_deformation)
 
 
@@ -173,4 +167,4 @@ def sparse_motion_features(feature: Tensor, kp_source: Tensor, kp_driving: Tenso
     jacobian = _keypoints(feature, kp_source, kp_driving, jacobian)
     variance = _checks.real("variance", variance, low=0.0, low_open=True, finite=True)
     return SPARSE_MOTION_FEATURES(feature, kp_source, kp_driving, jacobian, variance,
-                                  _flag("align_corners", align_corners))
+                                  _checks.boolean("align_corners", align_corners))

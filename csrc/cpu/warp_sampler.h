@@ -217,7 +217,11 @@ void forward(const T* input, T* out, int64_t batch, const Geometry& g, const Pos
     auto block = std::make_unique<Block<T>>();
     Block<T>& b = *block;
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t u = item / blocks, v0 = item % blocks * kBlock, count = std::min(kBlock, g.voxels - v0);
+      // one block's views back to back (sparse_motion_features: the K + 1 motions of the same voxels),
+      // so the feature neighbourhood they read stays in cache between them
+      const int64_t n = item / (g.views * blocks), rest = item % (g.views * blocks);
+      const int64_t u = n * g.views + rest % g.views, v0 = rest / g.views * kBlock;
+      const int64_t count = std::min(kBlock, g.voxels - v0);
       positions(u, v0, count, b);
       b.compute_corners(count, g);
       visit(u, v0, b);

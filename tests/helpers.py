@@ -7,8 +7,10 @@ op on them, so a new op adds its sample maker here.
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+import dgm_fast
 from dgm_fast.coupling.functional import coupling_args
 from dgm_fast.coupling.reference import SCALES, coupling_flow_reference
 from dgm_fast.langevin.functional import step_args
@@ -311,3 +313,18 @@ def clone_args(args: tuple) -> tuple:
     """Tensors cloned, also inside Tensor[] arguments."""
     return tuple(a.clone() if isinstance(a, torch.Tensor) else
                  [t.clone() for t in a] if isinstance(a, list) else a for a in args)
+
+
+def backend_fixture(op):
+    """A pytest fixture running its test once per (device, backend) on which ``op`` runs here (CPU,
+    and CUDA when there is one), with that backend forced; it yields ``(device, backend)``."""
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    cases = [(d, b) for d in devices for b, why in op.availability(torch.device(d)).items() if why is None]
+
+    @pytest.fixture(params=cases, ids=lambda c: f"{c[0]}-{c[1]}")
+    def backend(request):
+        device, name = request.param
+        with dgm_fast.use_backend(name):
+            yield device, name
+
+    return backend

@@ -16,19 +16,10 @@ import dgm_fast
 from dgm_fast import _extension
 from dgm_fast.warp.op import GRID_SAMPLE_3D
 from dgm_fast.warp.reference import PADDING_MODES, grid_sample_3d_reference
-from helpers import TOL, make_tensor
+from helpers import TOL, backend_fixture, make_tensor
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-BACKENDS = [(d, b) for d in DEVICES for b, why in GRID_SAMPLE_3D.availability(torch.device(d)).items()
-            if why is None]
+backend = backend_fixture(GRID_SAMPLE_3D)
 OPTIONS = [(p, a) for p in PADDING_MODES for a in (False, True)]
-
-
-@pytest.fixture(params=BACKENDS, ids=lambda c: f"{c[0]}-{c[1]}")
-def backend(request):
-    device, name = request.param
-    with dgm_fast.use_backend(name):
-        yield device, name
 
 
 def _grid(shape, dtype, device, scale=1.3, seed=1):

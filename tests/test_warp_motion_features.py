@@ -17,18 +17,9 @@ import dgm_fast
 from dgm_fast.warp.op import SPARSE_MOTION_FEATURES
 from dgm_fast.warp.eager import motion_features_chain as eager_chain
 from dgm_fast.warp.reference import identity_grid
-from helpers import TOL, make_tensor
+from helpers import TOL, backend_fixture, make_tensor
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-BACKENDS = [(d, b) for d in DEVICES for b, why in SPARSE_MOTION_FEATURES.availability(torch.device(d)).items()
-            if why is None]
-
-
-@pytest.fixture(params=BACKENDS, ids=lambda c: f"{c[0]}-{c[1]}")
-def backend(request):
-    device, name = request.param
-    with dgm_fast.use_backend(name):
-        yield device, name
+backend = backend_fixture(SPARSE_MOTION_FEATURES)
 
 
 def _inputs(n, c, k, volume, dtype=torch.float64, device="cpu", seed=0):

@@ -63,6 +63,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .rounding import div_rn
+
 SCALES = ("exp", "atan", "tanh", "sigmoid")  # scale codes: the order of dgm_fast.coupling.reference.SCALES
 GPU_TILE = 1024  # elements of a [ROWS, BLOCK_D] tile (float64: half, to stay in registers)
 GPU_MAX_BLOCK_D = 1024  # longer rows loop over chunks of this many elements
@@ -75,16 +77,6 @@ TWO_OVER_PI = 2.0 / math.pi
 # Elementary functions (see the module docstring). Each takes and returns a
 # float32 or float64 tensor and propagates NaN.
 # ---------------------------------------------------------------------------
-
-
-@triton.jit
-def _div(a, b):
-    """IEEE-rounded a / b: in float32 plain ``/`` lowers to the approximate div.full on NVIDIA."""
-    if b.dtype == tl.float64:
-        q = a / b
-    else:
-        q = tl.div_rn(a, b)
-    return q
 
 
 @triton.jit
@@ -293,7 +285,7 @@ def _tanh(x):
     that formula above (e^2|x| = inf gives exactly 1). NaN fails |x| >= 0.625.
     """
     a = tl.abs(x)
-    large = 1.0 - _div(_const(2.0, a), _exp(a + a) + 1.0)
+    large = 1.0 - div_rn(_const(2.0, a), _exp(a + a) + 1.0)
     if x.dtype == tl.float64:
         # the rational branch on 0 where |x| >= 0.625 (no overflow in a * a); NaN stays
         xs = tl.where(a >= 0.625, 0.0, a)
@@ -329,9 +321,9 @@ def _log_scale(s, clamp, gain, SCALE: tl.constexpr):
     if SCALE == 0:
         l = s
     elif SCALE == 1:
-        l = gain * _atan(_div(s, clamp))
+        l = gain * _atan(div_rn(s, clamp))
     elif SCALE == 2:
-        l = clamp * _tanh(_div(s, clamp))
+        l = clamp * _tanh(div_rn(s, clamp))
     else:
         l = _log_sigmoid(s + 2.0)
     return l
@@ -344,12 +336,12 @@ def _log_scale_and_derivative(s, clamp, gain, SCALE: tl.constexpr):
         l = s
         dl = s  # unused: g' = 1
     elif SCALE == 1:
-        q = _div(s, clamp)
+        q = div_rn(s, clamp)
         l = gain * _atan(q)
         # the reference's TWO_OVER_PI / (1 + q^2) is torch's reciprocal(1 + q^2) * TWO_OVER_PI
-        dl = _div(_const(1.0, q), q * q + 1.0) * _const(0.6366197723675814, q)
+        dl = div_rn(_const(1.0, q), q * q + 1.0) * _const(0.6366197723675814, q)
     elif SCALE == 2:
-        th = _tanh(_div(s, clamp))
+        th = _tanh(div_rn(s, clamp))
         l = clamp * th
         dl = 1.0 - th * th
     else:
@@ -357,7 +349,7 @@ def _log_scale_and_derivative(s, clamp, gain, SCALE: tl.constexpr):
         l = _log_sigmoid(u)
         # sigmoid(-u) from e^-|u|, which never overflows: far out it is subnormal, not 0 (as torch's)
         e = _exp(-tl.abs(u))
-        dl = tl.where(u <= 0.0, _div(_const(1.0, u), e + 1.0), _div(e, e + 1.0))
+        dl = tl.where(u <= 0.0, div_rn(_const(1.0, u), e + 1.0), div_rn(e, e + 1.0))
     return l, dl
 
 

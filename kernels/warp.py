@@ -36,7 +36,8 @@ Backward. The input (feature) gradient is a scatter: every in-volume corner adds
 into it (zeroed by the launcher first) with ``tl.atomic_add``, as voxels share corners. On GPUs
 the order of those additions depends on scheduling, so it is NOT deterministic (it agrees with the
 deterministic CPU kernels to rounding); the interpreter runs programs and the elements of one
-atomic in order, voxel by voxel and corner by corner. The position gradient, d out / d position
+atomic in order, voxel by voxel and corner by corner (for ``grid_sample_3d`` the CPU kernel's order:
+it reproduces that kernel's float32 bits). The position gradient, d out / d position
 (differences of corners times the other axes' weights, the CPU kernel's expression) times the
 position's derivative (``mult``: (n - 1) / 2 or n / 2; 0 on and past a clipped edge; the
 reflection's sign), is summed over channels in registers: no atomics. ``keypoint_warp_3d`` then
@@ -50,13 +51,13 @@ blocks in double): fixed order, no float atomics. The keypoints' and Jacobians' 
 from them in plain torch (``_keypoint_gradients``).
 
 Deterministic mode. Under ``torch.use_deterministic_algorithms(True)`` the feature gradient is
-gathered, not scattered: the backward kernel writes per output entry (view, voxel) its sampled
-position and the key of the input cell of its low corner (sample, z0 + 1, y0 + 1, x0 + 1; a last
+gathered, not scattered: the backward kernel writes per output entry (view, voxel) its per-axis
+weights and the key of the input cell of its low corner (sample, z0 + 1, y0 + 1, x0 + 1; a last
 key for entries with no corner inside); a stable sort of the keys (``torch.sort``) lists each
 cell's entries in entry order and ``searchsorted`` gives each cell's range; then one program per
 block of input voxels and channels adds, for its 8 neighbouring cells in corner order, every
 entry's weight * grad_out in sorted order and stores once. O(entries) memory beyond the outputs
-(an int64 key, 3 positions and the sort's two int64 arrays per entry, one int64 per cell). Time
+(an int64 key, 6 weights and the sort's two int64 arrays per entry, one int64 per cell). Time
 is bounded by the fullest cell in a block: a warp that sends many voxels to one cell (a collapse,
 or border padding far outside) serialises on it.
 
@@ -79,6 +80,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .rounding import div_rn
+
 PADDING_MODES = ("zeros", "border", "reflection")  # padding codes: dgm_fast.warp.reference.PADDING_MODES' order
 GPU_BLOCK_V = 256  # output voxels of a forward program (4 warps: two a thread)
 GPU_BLOCK_V_BACKWARD = 128  # the backward also holds 8 values and 3 sums a voxel
@@ -86,24 +89,14 @@ GPU_BLOCK_GATHER = 64  # input voxels of a deterministic-gradient program, times
 GPU_BLOCK_CHANNELS = 16
 GPU_WARPS = 4
 INTERPRETER_BLOCK_V = 1 << 14  # the interpreter pays per program and per op, not per element
-KEYPOINT_SUMS = 12  # A_k (3) and B_k (3 x 3) per keypoint
-MOTION_SUMS = 18  # and the heatmap's H_d, H_s (3 each)
+KEYPOINT_SUMS = tl.constexpr(12)  # per keypoint and block: A_k (3) and B_k (3 x 3)
+MOTION_SUMS = tl.constexpr(18)  # and the heatmap's H_d, H_s (3 each)
 
 
 # ---------------------------------------------------------------------------
 # Positions (reference.py: source_position). Each returns the position and
 # mult, the derivative of the position with respect to the grid coordinate.
 # ---------------------------------------------------------------------------
-
-
-@triton.jit
-def _div(a, b):
-    """IEEE-rounded a / b: in float32 plain ``/`` lowers to the approximate div.full on NVIDIA."""
-    if a.dtype == tl.float64:
-        q = a / b
-    else:
-        q = tl.div_rn(a, b)
-    return q
 
 
 @triton.jit
@@ -155,7 +148,7 @@ def _reflect(u, mult, size, ALIGN: tl.constexpr):
     sign = tl.where(shifted > 0.0, 1.0, tl.where(shifted < 0.0, -1.0, 0.0))  # |.|'s derivative as autograd's
     a = tl.abs(shifted)
     extra = _fmod_by_int(a, span_i)
-    q = tl.floor(_div(a, span))
+    q = tl.floor(div_rn(a, span))
     half = q * 0.5
     even = tl.floor(half) == half  # remainder(floor(a / span), 2) == 0, exactly
     r = tl.where(even, extra + low, (span - extra) + low)
@@ -172,7 +165,7 @@ def _position(c, size, PADDING: tl.constexpr, ALIGN: tl.constexpr):
     stays in int64).
     """
     n = tl.full([], size, c.dtype)
-    zero = tl.zeros(c.shape, c.dtype)  # (tl.zeros_like is a jit function: a nested call, slow interpreted)
+    zero = tl.full(c.shape, 0, c.dtype)  # (tl.zeros is a jit function: a nested call, slow interpreted)
     if ALIGN:
         u = (c + 1.0) * 0.5 * (n - 1.0)
         mult = zero + (n - 1.0) * 0.5
@@ -218,8 +211,8 @@ def _split(p):
 def _corners(cx, cy, cz, valid, D, H, W, PADDING: tl.constexpr, ALIGN: tl.constexpr):
     """The geometry of sampling at grid coordinates (cx, cy, cz) [BLOCK_V] (``valid`` ones): the
     [BLOCK_V, 2, 2, 2] (voxel, dz, dy, dx) corner offsets in a channel's volume (0 where outside),
-    in-volume masks and weights fx * fy * fz (torch's product order); per axis the two weights and
-    mult; and the positions (the deterministic backward keys its entries by them)."""
+    in-volume masks and weights fx * fy * fz (torch's product order); per axis the two weights,
+    mult and the low corner."""
     px, mx = _position(cx, W, PADDING, ALIGN)
     py, my = _position(cy, H, PADDING, ALIGN)
     pz, mz = _position(cz, D, PADDING, ALIGN)
@@ -237,7 +230,7 @@ def _corners(cx, cy, cz, valid, D, H, W, PADDING: tl.constexpr, ALIGN: tl.conste
     weights = (tl.where(dx == 1, fx1[:, None, None, None], fx0[:, None, None, None])
                * tl.where(dy == 1, fy1[:, None, None, None], fy0[:, None, None, None])
                * tl.where(dz == 1, fz1[:, None, None, None], fz0[:, None, None, None]))
-    return offsets, inside, weights, fx0, fx1, fy0, fy1, fz0, fz1, mx, my, mz, px, py, pz
+    return offsets, inside, weights, fx0, fx1, fy0, fy1, fz0, fz1, mx, my, mz, x0, y0, z0
 
 
 @triton.jit
@@ -284,9 +277,9 @@ def _sample_backward(go, src, gin, C, volume, V, offsets, inside, weights, fx0, 
     o0, o1, o2, o3, o4, o5, o6, o7 = _columns(offsets)
     m0, m1, m2, m3, m4, m5, m6, m7 = _columns(inside)
     tile = gin + offsets
-    acc_x = tl.zeros(fx0.shape, fx0.dtype)
-    acc_y = tl.zeros(fx0.shape, fx0.dtype)
-    acc_z = tl.zeros(fx0.shape, fx0.dtype)
+    acc_x = tl.full(fx0.shape, 0, fx0.dtype)
+    acc_y = tl.full(fx0.shape, 0, fx0.dtype)
+    acc_z = tl.full(fx0.shape, 0, fx0.dtype)
     for _c in range(0, C):
         g = tl.load(go, mask=valid, other=0.0)
         v0 = tl.load(src + o0, mask=m0, other=0.0)
@@ -315,25 +308,27 @@ def _sample_backward(go, src, gin, C, volume, V, offsets, inside, weights, fx0, 
 
 
 @triton.jit
-def _store_entry(key_ptr, pos_ptr, e, n, px, py, pz, valid, N, D, H, W):
-    """Deterministic mode: entry e's positions and the key of the input cell of its low corner,
-    n * cells + ((z0 + 1) (H + 1) + y0 + 1) (W + 1) + x0 + 1, or N * cells when no corner is inside."""
-    x0 = tl.floor(px).to(tl.int64)
-    y0 = tl.floor(py).to(tl.int64)
-    z0 = tl.floor(pz).to(tl.int64)
+def _store_entry(key_ptr, weight_ptr, e, n, x0, y0, z0, fx0, fx1, fy0, fy1, fz0, fz1, valid, N, D, H, W):
+    """Deterministic mode: entry e's per-axis weights (fx0, fx1, fy0, fy1, fz0, fz1) and the key of the
+    input cell of its low corner, n * cells + ((z0 + 1) (H + 1) + y0 + 1) (W + 1) + x0 + 1, or
+    N * cells when no corner is inside."""
     w1 = tl.full([], W, tl.int64) + 1
     h1 = tl.full([], H, tl.int64) + 1
     cells = (tl.full([], D, tl.int64) + 1) * h1 * w1
     near = ((x0 >= -1) & (x0 < W)) & ((y0 >= -1) & (y0 < H)) & ((z0 >= -1) & (z0 < D))
     key = tl.where(near, n * cells + ((z0 + 1) * h1 + (y0 + 1)) * w1 + (x0 + 1), N * cells)
     tl.store(key_ptr + e, key, mask=valid)
-    tl.store(pos_ptr + e * 3, px, mask=valid)
-    tl.store(pos_ptr + e * 3 + 1, py, mask=valid)
-    tl.store(pos_ptr + e * 3 + 2, pz, mask=valid)
+    w = weight_ptr + e * 6
+    tl.store(w, fx0, mask=valid)
+    tl.store(w + 1, fx1, mask=valid)
+    tl.store(w + 2, fy0, mask=valid)
+    tl.store(w + 3, fy1, mask=valid)
+    tl.store(w + 4, fz0, mask=valid)
+    tl.store(w + 5, fz1, mask=valid)
 
 
 @triton.jit
-def _gather_kernel(go_ptr, pos_ptr, order_ptr, starts_ptr, gin_ptr, C, D, H, W, V, view_stride, total,
+def _gather_kernel(go_ptr, weight_ptr, order_ptr, starts_ptr, gin_ptr, C, D, H, W, V, view_stride, total,
                    BLOCK_X: tl.constexpr, BLOCK_C: tl.constexpr):
     """Deterministic mode: grad_in at a block of input voxels (flat (sample, voxel)) and channels,
     from the entries of the 8 cells that have the voxel as a corner (corner order; a cell's entries
@@ -353,7 +348,7 @@ def _gather_kernel(go_ptr, pos_ptr, order_ptr, starts_ptr, gin_ptr, C, D, H, W, 
     z = r // (w * h)
     cells = (tl.full([], D, tl.int64) + 1) * (h + 1) * (w + 1)
     go_c = go_ptr + c[None, :] * V
-    acc = tl.zeros([BLOCK_X, BLOCK_C], gin_ptr.dtype.element_ty)
+    acc = tl.full([BLOCK_X, BLOCK_C], 0, gin_ptr.dtype.element_ty)
     for corner in tl.static_range(8):
         dx = corner & 1
         dy = (corner >> 1) & 1
@@ -364,12 +359,12 @@ def _gather_kernel(go_ptr, pos_ptr, order_ptr, starts_ptr, gin_ptr, C, D, H, W, 
         for t in range(0, tl.max(count, axis=0)):
             has = t < count
             e = tl.load(order_ptr + start + t, mask=has, other=0)
-            _x0, fx0, fx1 = _split(tl.load(pos_ptr + e * 3, mask=has, other=0.0))
-            _y0, fy0, fy1 = _split(tl.load(pos_ptr + e * 3 + 1, mask=has, other=0.0))
-            _z0, fz0, fz1 = _split(tl.load(pos_ptr + e * 3 + 2, mask=has, other=0.0))
-            weight = tl.where(dx == 1, fx1, fx0) * tl.where(dy == 1, fy1, fy0) * tl.where(dz == 1, fz1, fz0)
+            f = weight_ptr + e * 6
+            # the scatter's weight of this corner, fx * fy * fz
+            weight = (tl.load(f + dx, mask=has, other=0.0) * tl.load(f + 2 + dy, mask=has, other=0.0)
+                      * tl.load(f + 4 + dz, mask=has, other=0.0))
             g = tl.load(go_c + ((e // V) * view_stride + e % V)[:, None], mask=has[:, None] & both, other=0.0)
-            acc += g * weight[:, None]  # the scatter's term, weight * grad_out
+            acc += weight[:, None] * g  # the scatter's term, weight * grad_out
     tl.store(gin_ptr + ((n * C)[:, None] + c[None, :]) * volume + r[:, None], acc, mask=both)
 
 
@@ -384,9 +379,9 @@ def _identity(v, D, H, W, dtype: tl.constexpr):
     (reference.py identity_grid, FOMM's make_coordinate_grid), in ``dtype``."""
     w = tl.full([], W, tl.int64)
     h = tl.full([], H, tl.int64)
-    px = 2.0 * _div((v % w).to(dtype), tl.full([], W, dtype) - 1.0) - 1.0
-    py = 2.0 * _div((v // w % h).to(dtype), tl.full([], H, dtype) - 1.0) - 1.0
-    pz = 2.0 * _div((v // (w * h)).to(dtype), tl.full([], D, dtype) - 1.0) - 1.0
+    px = 2.0 * div_rn((v % w).to(dtype), tl.full([], W, dtype) - 1.0) - 1.0
+    py = 2.0 * div_rn((v // w % h).to(dtype), tl.full([], H, dtype) - 1.0) - 1.0
+    pz = 2.0 * div_rn((v // (w * h)).to(dtype), tl.full([], D, dtype) - 1.0) - 1.0
     return px, py, pz
 
 
@@ -409,7 +404,7 @@ def _weight(row, valid, top, total, LOGITS: tl.constexpr):
     """A motion's mask weight at ``row``: the mask itself, or exp(l - max) / sum of its logits."""
     m = tl.load(row, mask=valid, other=0.0)
     if LOGITS:
-        m = _div(tl.exp(m - top), total)
+        m = div_rn(tl.exp(m - top), total)
     return m
 
 
@@ -418,7 +413,7 @@ def _deformation(kp_s, kp_d, jac, row, nk, K, V, px, py, pz, valid, LOGITS: tl.c
     """phi(p) = m_0 p + sum_k m_k T_k(p) in motion order, ``row`` pointing at motion 0's mask entry
     of each voxel (motions V apart), nk = n * K; and the logits' (max, sum of exp(l - max)), with
     which _weight recomputes any m_k."""
-    top = tl.zeros(px.shape, px.dtype)
+    top = tl.full(px.shape, 0, px.dtype)
     total = top
     if LOGITS:  # the CPU kernel's softmax: std::max over the motions in order, then the sum in order
         top = tl.load(row, mask=valid, other=0.0)
@@ -452,7 +447,7 @@ def _gaussian(px, py, pz, kp, variance):
     dx = px - tl.load(kp)
     dy = py - tl.load(kp + 1)
     dz = pz - tl.load(kp + 2)
-    return tl.exp(_div(-0.5 * (dx * dx + dy * dy + dz * dz), variance))
+    return tl.exp(div_rn(-0.5 * (dx * dx + dy * dy + dz * dz), variance))
 
 
 # ---------------------------------------------------------------------------
@@ -469,7 +464,7 @@ def _grid_sample_3d_kernel(
     valid = i < total
     n = i // V
     g = grid_ptr + i * 3
-    offsets, inside, weights, _fx0, _fx1, _fy0, _fy1, _fz0, _fz1, _mx, _my, _mz, _px, _py, _pz = _corners(
+    offsets, inside, weights, _fx0, _fx1, _fy0, _fy1, _fz0, _fz1, _mx, _my, _mz, _x0, _y0, _z0 = _corners(
         tl.load(g, mask=valid, other=0.0), tl.load(g + 1, mask=valid, other=0.0),
         tl.load(g + 2, mask=valid, other=0.0), valid, D, H, W, PADDING, ALIGN)
     volume = tl.full([], D, tl.int64) * H * W  # int64: one channel may pass 2^31 elements
@@ -479,14 +474,14 @@ def _grid_sample_3d_kernel(
 
 @triton.jit
 def _grid_sample_3d_backward_kernel(
-    go_ptr, in_ptr, grid_ptr, gin_ptr, ggrid_ptr, key_ptr, pos_ptr, C, D, H, W, V, total, N,
+    go_ptr, in_ptr, grid_ptr, gin_ptr, ggrid_ptr, key_ptr, weight_ptr, C, D, H, W, V, total, N,
     PADDING: tl.constexpr, ALIGN: tl.constexpr, DETERMINISTIC: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
     i = tl.program_id(0).to(tl.int64) * BLOCK_V + tl.arange(0, BLOCK_V)
     valid = i < total
     n = i // V
     g = grid_ptr + i * 3
-    offsets, inside, weights, fx0, fx1, fy0, fy1, fz0, fz1, mx, my, mz, px, py, pz = _corners(
+    offsets, inside, weights, fx0, fx1, fy0, fy1, fz0, fz1, mx, my, mz, x0, y0, z0 = _corners(
         tl.load(g, mask=valid, other=0.0), tl.load(g + 1, mask=valid, other=0.0),
         tl.load(g + 2, mask=valid, other=0.0), valid, D, H, W, PADDING, ALIGN)
     volume = tl.full([], D, tl.int64) * H * W
@@ -495,7 +490,7 @@ def _grid_sample_3d_backward_kernel(
         go_ptr + n * (C - 1) * V + i, in_ptr + base, (gin_ptr + base)[:, None, None, None], C, volume, V,
         offsets, inside, weights, fx0, fx1, fy0, fy1, fz0, fz1, valid, not DETERMINISTIC)
     if DETERMINISTIC:
-        _store_entry(key_ptr, pos_ptr, i, n, px, py, pz, valid, N, D, H, W)
+        _store_entry(key_ptr, weight_ptr, i, n, x0, y0, z0, fx0, fx1, fy0, fy1, fz0, fz1, valid, N, D, H, W)
     # one store per voxel and axis, no atomics: the grid gradient is deterministic
     gg = ggrid_ptr + i * 3
     tl.store(gg, acc_x * mx, mask=valid)
@@ -521,7 +516,7 @@ def _keypoint_warp_3d_kernel(
         tl.store(d, phix, mask=valid)
         tl.store(d + 1, phiy, mask=valid)
         tl.store(d + 2, phiz, mask=valid)
-    offsets, inside, weights, _fx0, _fx1, _fy0, _fy1, _fz0, _fz1, _mx, _my, _mz, _px, _py, _pz = _corners(
+    offsets, inside, weights, _fx0, _fx1, _fy0, _fy1, _fz0, _fz1, _mx, _my, _mz, _x0, _y0, _z0 = _corners(
         phix, phiy, phiz, valid, D, H, W, PADDING, ALIGN)
     volume = tl.full([], D, tl.int64) * H * W
     _sample(feat_ptr + n * C * volume, out_ptr + n * C * V + v, C, volume, V, offsets, inside, weights, valid)
@@ -530,7 +525,7 @@ def _keypoint_warp_3d_kernel(
 @triton.jit
 def _keypoint_warp_3d_backward_kernel(
     go_ptr, gd_ptr, feat_ptr, kp_s_ptr, kp_d_ptr, mask_ptr, jac_ptr, gfeat_ptr, gmask_ptr, sums_ptr, key_ptr,
-    pos_ptr, C, D, H, W, MD, MH, MW, K, N,
+    weight_ptr, C, D, H, W, MD, MH, MW, K, N,
     LOGITS: tl.constexpr, PADDING: tl.constexpr, ALIGN: tl.constexpr, DETERMINISTIC: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
@@ -542,14 +537,15 @@ def _keypoint_warp_3d_backward_kernel(
     row = mask_ptr + n * (K + 1) * V + v
     phix, phiy, phiz, top, total = _deformation(kp_s_ptr, kp_d_ptr, jac_ptr, row, n * K, K, V, px, py, pz, valid,
                                                 LOGITS)
-    offsets, inside, weights, fx0, fx1, fy0, fy1, fz0, fz1, mx, my, mz, sx, sy, sz = _corners(
+    offsets, inside, weights, fx0, fx1, fy0, fy1, fz0, fz1, mx, my, mz, x0, y0, z0 = _corners(
         phix, phiy, phiz, valid, D, H, W, PADDING, ALIGN)
     volume = tl.full([], D, tl.int64) * H * W
     acc_x, acc_y, acc_z = _sample_backward(
         go_ptr + n * C * V + v, feat_ptr + n * C * volume, gfeat_ptr + n * C * volume, C, volume, V,
         offsets, inside, weights, fx0, fx1, fy0, fy1, fz0, fz1, valid, not DETERMINISTIC)
     if DETERMINISTIC:
-        _store_entry(key_ptr, pos_ptr, n * V + v, n, sx, sy, sz, valid, N, D, H, W)
+        _store_entry(key_ptr, weight_ptr, n * V + v, n, x0, y0, z0, fx0, fx1, fy0, fy1, fz0, fz1, valid, N, D, H,
+                     W)
     # grad_phi: the sampler's plus the caller's gradient of the returned deformation
     gd = gd_ptr + (n * V + v) * 3
     gx = acc_x * mx + tl.load(gd, mask=valid, other=0.0)
@@ -562,7 +558,7 @@ def _keypoint_warp_3d_backward_kernel(
         dot = _weight(row, valid, top, total, LOGITS) * g0  # sum_j m_j g_j, in motion order
     else:
         tl.store(out, g0, mask=valid)
-    sums = sums_ptr + (n * tl.num_programs(0) + tl.program_id(0)) * K * 12
+    sums = sums_ptr + (n * tl.num_programs(0) + tl.program_id(0)) * K * KEYPOINT_SUMS
     r = row
     for k in range(0, K):
         r += V
@@ -573,11 +569,11 @@ def _keypoint_warp_3d_backward_kernel(
             dot += m * gk
         else:
             tl.store(out + (k + 1) * V, gk, mask=valid)
-        # m_k grad_phi, 0 past the volume (p is finite there, so every product below is 0 too)
+        # m_k grad_phi, 0 past the volume (p is finite there: so are the products below)
         mgx = tl.where(valid, m * gx, 0.0)
         mgy = tl.where(valid, m * gy, 0.0)
         mgz = tl.where(valid, m * gz, 0.0)
-        s = sums + k * 12
+        s = sums + k * KEYPOINT_SUMS
         tl.store(s, tl.sum(mgx, axis=0))
         tl.store(s + 1, tl.sum(mgy, axis=0))
         tl.store(s + 2, tl.sum(mgz, axis=0))
@@ -618,13 +614,13 @@ def _sparse_motion_features_kernel(
     for k in range(0, K + 1):
         if k == 0:  # T_0 = p, heatmap 0
             tx, ty, tz = px, py, pz
-            heat = tl.zeros(px.shape, px.dtype)
+            heat = tl.full(px.shape, 0, px.dtype)
         else:
             nk = n * K + k - 1
             tx, ty, tz = _motion(kp_s_ptr, kp_d_ptr, jac_ptr, nk, px, py, pz)
             heat = _gaussian(px, py, pz, kp_d_ptr + nk * 3, var) - _gaussian(px, py, pz, kp_s_ptr + nk * 3, var)
         tl.store(dst, heat, mask=valid)
-        offsets, inside, weights, _fx0, _fx1, _fy0, _fy1, _fz0, _fz1, _mx, _my, _mz, _px, _py, _pz = _corners(
+        offsets, inside, weights, _fx0, _fx1, _fy0, _fy1, _fz0, _fz1, _mx, _my, _mz, _x0, _y0, _z0 = _corners(
             tx, ty, tz, valid, D, H, W, 0, ALIGN)
         _sample(src, dst + V, C, V, V, offsets, inside, weights, valid)
         dst += view
@@ -632,7 +628,7 @@ def _sparse_motion_features_kernel(
 
 @triton.jit
 def _sparse_motion_features_backward_kernel(
-    go_ptr, feat_ptr, kp_s_ptr, kp_d_ptr, jac_ptr, gfeat_ptr, sums_ptr, key_ptr, pos_ptr, C, D, H, W, K, N,
+    go_ptr, feat_ptr, kp_s_ptr, kp_d_ptr, jac_ptr, gfeat_ptr, sums_ptr, key_ptr, weight_ptr, C, D, H, W, K, N,
     variance: tl.float64, ALIGN: tl.constexpr, DETERMINISTIC: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
     v = tl.program_id(0).to(tl.int64) * BLOCK_V + tl.arange(0, BLOCK_V)
@@ -646,23 +642,23 @@ def _sparse_motion_features_backward_kernel(
     gin = gfeat_ptr + n * C * V
     view = (C + 1) * V
     go = go_ptr + n * (K + 1) * view + v  # motion k's heatmap channel; its feature channels follow
-    sums = sums_ptr + (n * tl.num_programs(0) + tl.program_id(0)) * K * 18
+    sums = sums_ptr + (n * tl.num_programs(0) + tl.program_id(0)) * K * MOTION_SUMS
     for k in range(0, K + 1):
         nk = n * K + k - 1
         if k == 0:
             tx, ty, tz = px, py, pz
         else:
             tx, ty, tz = _motion(kp_s_ptr, kp_d_ptr, jac_ptr, nk, px, py, pz)
-        offsets, inside, weights, fx0, fx1, fy0, fy1, fz0, fz1, mx, my, mz, sx, sy, sz = _corners(
+        offsets, inside, weights, fx0, fx1, fy0, fy1, fz0, fz1, mx, my, mz, x0, y0, z0 = _corners(
             tx, ty, tz, valid, D, H, W, 0, ALIGN)
         # every motion's warped copy adds into the one feature gradient
         acc_x, acc_y, acc_z = _sample_backward(go + V, src, gin, C, V, V, offsets, inside, weights,
                                                fx0, fx1, fy0, fy1, fz0, fz1, valid, not DETERMINISTIC)
         if DETERMINISTIC:
-            _store_entry(key_ptr, pos_ptr, (n * (K + 1) + k) * V + v, n, sx, sy, sz, valid, N, D, H, W)
+            _store_entry(key_ptr, weight_ptr, (n * (K + 1) + k) * V + v, n, x0, y0, z0, fx0, fx1, fy0, fy1, fz0,
+                         fz1, valid, N, D, H, W)
         if k > 0:  # T_0 = p has no parameters
-            # the position gradient dL/dT_k and the heatmap's dL/dh e, 0 past the volume (p is
-            # finite there, so every product below is 0 too)
+            # the position gradient dL/dT_k and the heatmap's dL/dh e, 0 past the volume
             gx = tl.where(valid, acc_x * mx, 0.0)
             gy = tl.where(valid, acc_y * my, 0.0)
             gz = tl.where(valid, acc_z * mz, 0.0)
@@ -671,7 +667,7 @@ def _sparse_motion_features_backward_kernel(
             ks = kp_s_ptr + nk * 3
             hd = tl.where(valid, gh * _gaussian(px, py, pz, kd, var), 0.0)
             hs = tl.where(valid, gh * _gaussian(px, py, pz, ks, var), 0.0)
-            s = sums + (k - 1) * 18
+            s = sums + (k - 1) * MOTION_SUMS
             tl.store(s, tl.sum(gx, axis=0))
             tl.store(s + 1, tl.sum(gy, axis=0))
             tl.store(s + 2, tl.sum(gz, axis=0))
@@ -721,30 +717,27 @@ def _launch(kernel, grid: tuple, t: torch.Tensor, *args, warps: int, **constexpr
 
 
 def _entries(t: torch.Tensor, count: int, deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Deterministic mode's per-entry keys and positions (``t`` itself, unused, otherwise)."""
+    """Deterministic mode's per-entry keys and weights (``t`` itself, unused, otherwise)."""
     if not deterministic:
         return t, t
-    return torch.empty(count, dtype=torch.int64, device=t.device), t.new_empty((count, 3))
+    return torch.empty(count, dtype=torch.int64, device=t.device), t.new_empty((count, 6))
 
 
-def _gather_gradient(grad_input: torch.Tensor, grad_out: torch.Tensor, keys: torch.Tensor, positions: torch.Tensor,
+def _gather_gradient(grad_input: torch.Tensor, grad_out: torch.Tensor, keys: torch.Tensor, weights: torch.Tensor,
                      voxels: int, view_stride: int) -> None:
-    """Deterministic mode: writes grad_input (N, C, D, H, W) from the entries' keys and positions and
+    """Deterministic mode: writes grad_input (N, C, D, H, W) from the entries' keys and weights and
     ``grad_out`` (entry e's channel c at e // voxels * view_stride + c * voxels + e % voxels)."""
     n, c, d, h, w = grad_input.shape
     if grad_input.numel() == 0:
-        return
-    if keys.numel() == 0:  # nothing sampled
-        grad_input.zero_()
         return
     cells = n * (d + 1) * (h + 1) * (w + 1)
     sorted_keys, order = torch.sort(keys, stable=True)  # each cell's entries together, in entry order
     starts = torch.searchsorted(sorted_keys, torch.arange(cells + 1, dtype=torch.int64, device=keys.device))
     total = n * d * h * w
     block, warps = _block(grad_input, total, GPU_BLOCK_GATHER)
-    block_c = triton.next_power_of_2(c) if warps == 1 else min(GPU_BLOCK_CHANNELS, triton.next_power_of_2(c))
+    block_c = min(_block(grad_input, c, GPU_BLOCK_CHANNELS)[0], triton.next_power_of_2(c))
     _launch(_gather_kernel, (triton.cdiv(total, block), triton.cdiv(c, block_c)), grad_input,
-            grad_out, positions, order, starts, grad_input, c, d, h, w, voxels, view_stride, total,
+            grad_out, weights, order, starts, grad_input, c, d, h, w, voxels, view_stride, total,
             warps=warps, BLOCK_X=block, BLOCK_C=block_c)
 
 
@@ -754,7 +747,8 @@ def _keypoint_gradients(sums: torch.Tensor, kp_driving: torch.Tensor, jacobian: 
     """The keypoints' and Jacobians' gradients from the per-keypoint sums (N, K, 12 or 18) in float64
     (csrc/cpu/warp.cpp's algebra): T_k = J (p - kd) + ks gives d/d ks = A, d/d kd = -J^T A and
     d/d J = B - A kd^T; the heatmap h = e_d - e_s adds -H_s / variance to d/d ks and H_d / variance
-    to d/d kd. Elementwise products and sums, no matmul (cuBLAS refuses deterministic mode)."""
+    to d/d kd. Elementwise products and sums: a matmul would go to cuBLAS, which deterministic mode
+    refuses unless CUBLAS_WORKSPACE_CONFIG is set."""
     a = sums[..., 0:3]
     jta = (jacobian.double() * a.unsqueeze(-1)).sum(-2)  # sum_r J[r][q] a[r]
     g_ks, g_kd = a, -jta
@@ -797,15 +791,15 @@ def grid_sample_3d_backward_triton(grad_out: torch.Tensor, input: torch.Tensor, 
     n, c, d, h, w = input.shape
     voxels = grid.shape[1] * grid.shape[2] * grid.shape[3]
     deterministic = torch.are_deterministic_algorithms_enabled()
-    keys, positions = _entries(input, n * voxels, deterministic)
+    keys, weights = _entries(input, n * voxels, deterministic)
     if not deterministic:
         grad_input.zero_()
     block, warps = _block(input, n * voxels, GPU_BLOCK_V_BACKWARD)
     _launch(_grid_sample_3d_backward_kernel, (triton.cdiv(n * voxels, block),), input,
-            grad_out, input, grid, grad_input, grad_grid, keys, positions, c, d, h, w, voxels, n * voxels, n,
+            grad_out, input, grid, grad_input, grad_grid, keys, weights, c, d, h, w, voxels, n * voxels, n,
             warps=warps, PADDING=padding, ALIGN=bool(align_corners), DETERMINISTIC=deterministic, BLOCK_V=block)
     if deterministic:
-        _gather_gradient(grad_input, grad_out, keys, positions, voxels, c * voxels)
+        _gather_gradient(grad_input, grad_out, keys, weights, voxels, c * voxels)
 
 
 def keypoint_warp_3d_triton(feature: torch.Tensor, kp_source: torch.Tensor, kp_driving: torch.Tensor,
@@ -848,7 +842,7 @@ def keypoint_warp_3d_backward_triton(grad_out: torch.Tensor, grad_deformation: t
     if n == 0:
         return
     deterministic = torch.are_deterministic_algorithms_enabled()
-    keys, positions = _entries(feature, n * voxels, deterministic)
+    keys, weights = _entries(feature, n * voxels, deterministic)
     if not deterministic:
         grad_feature.zero_()
     block, warps = _block(feature, voxels, GPU_BLOCK_V_BACKWARD)
@@ -856,11 +850,11 @@ def keypoint_warp_3d_backward_triton(grad_out: torch.Tensor, grad_deformation: t
     sums = feature.new_empty((n, blocks, k, KEYPOINT_SUMS))  # per program: the block's sums in the dtype
     _launch(_keypoint_warp_3d_backward_kernel, (blocks, n), feature,
             grad_out, grad_deformation, feature, kp_source, kp_driving, mask, jacobian, grad_feature, grad_mask,
-            sums, keys, positions, c, d, h, w, md, mh, mw, k, n,
+            sums, keys, weights, c, d, h, w, md, mh, mw, k, n,
             warps=warps, LOGITS=bool(mask_is_logits), PADDING=padding, ALIGN=bool(align_corners),
             DETERMINISTIC=deterministic, BLOCK_V=block)
     if deterministic:
-        _gather_gradient(grad_feature, grad_out, keys, positions, voxels, c * voxels)
+        _gather_gradient(grad_feature, grad_out, keys, weights, voxels, c * voxels)
     # across blocks in float64, in a fixed order
     _keypoint_gradients(sums.sum(1, dtype=torch.float64), kp_driving, jacobian, grad_kp_source, grad_kp_driving,
                         grad_jacobian)
@@ -895,17 +889,17 @@ def sparse_motion_features_backward_triton(grad_out: torch.Tensor, feature: torc
         return
     voxels = d * h * w
     deterministic = torch.are_deterministic_algorithms_enabled()
-    keys, positions = _entries(feature, n * (k + 1) * voxels, deterministic)
+    keys, weights = _entries(feature, n * (k + 1) * voxels, deterministic)
     if not deterministic:
         grad_feature.zero_()
     block, warps = _block(feature, voxels, GPU_BLOCK_V_BACKWARD)
     blocks = triton.cdiv(voxels, block)
     sums = feature.new_empty((n, blocks, k, MOTION_SUMS))
     _launch(_sparse_motion_features_backward_kernel, (blocks, n), feature,
-            grad_out, feature, kp_source, kp_driving, jacobian, grad_feature, sums, keys, positions,
+            grad_out, feature, kp_source, kp_driving, jacobian, grad_feature, sums, keys, weights,
             c, d, h, w, k, n, float(variance),
             warps=warps, ALIGN=bool(align_corners), DETERMINISTIC=deterministic, BLOCK_V=block)
     if deterministic:  # the feature channels of view u start at grad_out + u * (1 + C) V + V
-        _gather_gradient(grad_feature, grad_out.view(-1)[voxels:], keys, positions, voxels, (1 + c) * voxels)
+        _gather_gradient(grad_feature, grad_out.view(-1)[voxels:], keys, weights, voxels, (1 + c) * voxels)
     _keypoint_gradients(sums.sum(1, dtype=torch.float64), kp_driving, jacobian, grad_kp_source, grad_kp_driving,
                         grad_jacobian, float(variance))

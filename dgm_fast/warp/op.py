@@ -10,17 +10,17 @@ align_corners)``, with ``padding_code`` the index in ``PADDING_MODES``.
 §4.3.3, computed per voxel and never stored (returned only when asked), and returns ``(out,
 deformation)``; its backward ``dgm_fast::keypoint_warp_3d_backward`` gives the gradients of the
 feature, both keypoint sets, the mask (or its logits) and the Jacobians. Kernels:
-``keypoint_warp_3d_cpu(feature, kp_source, kp_driving, mask, jacobian, out, deformation,
+``keypoint_warp_3d_{cpu,triton}(feature, kp_source, kp_driving, mask, jacobian, out, deformation,
 mask_is_logits, padding_code, align_corners, return_deformation)`` and
-``keypoint_warp_3d_backward_cpu(grad_out, grad_deformation, feature, kp_source, kp_driving, mask,
+``keypoint_warp_3d_backward_{cpu,triton}(grad_out, grad_deformation, feature, kp_source, kp_driving, mask,
 jacobian, grad_feature, grad_kp_source, grad_kp_driving, grad_mask, grad_jacobian, mask_is_logits,
 padding_code, align_corners)``.
 
 ``dgm_fast::sparse_motion_features`` writes the dense motion network's input, the heatmap and the
 feature warped by each of the K + 1 motions, in one pass; its backward
 ``dgm_fast::sparse_motion_features_backward`` gives the gradients of the feature, both keypoint sets
-and the Jacobians. Kernels: ``sparse_motion_features_cpu(feature, kp_source, kp_driving, jacobian, out,
-variance, align_corners)`` and ``sparse_motion_features_backward_cpu(grad_out, feature, kp_source,
+and the Jacobians. Kernels: ``sparse_motion_features_{cpu,triton}(feature, kp_source, kp_driving, jacobian, out,
+variance, align_corners)`` and ``sparse_motion_features_backward_{cpu,triton}(grad_out, feature, kp_source,
 kp_driving, jacobian, grad_feature, grad_kp_source, grad_kp_driving, grad_jacobian, variance,
 align_corners)``.
 """

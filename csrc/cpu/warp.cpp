@@ -12,12 +12,14 @@
 #include <memory>
 #include <vector>
 
+#include "cpu/huge_pages.h"
 #include "cpu/vec_math.h"
 #include "cpu/warp_sampler.h"
 
 namespace dgm_fast {
 namespace {
 
+using cpu::advise_huge_pages;
 using cpu::warp::Block;
 using cpu::warp::Geometry;
 using cpu::warp::kBlock;
@@ -167,17 +169,13 @@ struct KeypointPositions {
       T* out_k = out + k * v_all;
       T sums[12] = {};
       for (int64_t j = 0; j < count; ++j) out_k[j] = g[0][j] * t[0][j] + g[1][j] * t[1][j] + g[2][j] * t[2][j];
-      for (int a = 0; a < 3; ++a) {
-        T sa = 0, s0 = 0, s1 = 0, s2 = 0;
-        for (int64_t j = 0; j < count; ++j) {
+      cpu::warp::block_sums(count, sums, [&](int64_t j, int64_t l, T (*part)[cpu::warp::kLanes]) {
+        for (int a = 0; a < 3; ++a) {
           const T mg = mk[j] * g[a][j];
-          sa += mg;
-          s0 += mg * p[0][j];
-          s1 += mg * p[1][j];
-          s2 += mg * p[2][j];
+          part[a][l] += mg;
+          for (int c = 0; c < 3; ++c) part[3 + 3 * a + c][l] += mg * p[c][j];
         }
-        sums[a] = sa, sums[3 + 3 * a] = s0, sums[4 + 3 * a] = s1, sums[5 + 3 * a] = s2;
-      }
+      });
       double* a_k = acc + (k - 1) * 12;
       for (int q = 0; q < 12; ++q) a_k[q] += static_cast<double>(sums[q]);
     }
@@ -248,6 +246,7 @@ void grid_sample_3d_cpu(const at::Tensor& input, const at::Tensor& grid, at::Ten
               "grid_sample_3d: expected grid (N, Do, Ho, Wo, 3)");
   const Geometry g = geometry(input, grid.size(1) * grid.size(2) * grid.size(3), padding, align_corners);
   if (out.numel() == 0) return;
+  advise_huge_pages(out);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "grid_sample_3d_cpu", [&] {
     const GridPositions<scalar_t> positions{grid.const_data_ptr<scalar_t>(), g.voxels};
     cpu::warp::forward(input.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), input.size(0), g, positions,
@@ -264,6 +263,7 @@ void grid_sample_3d_backward_cpu(const at::Tensor& grad_out, const at::Tensor& i
     grad_grid.zero_();
     return;
   }
+  advise_huge_pages(grad_input);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "grid_sample_3d_backward_cpu", [&] {
     const GridPositions<scalar_t> positions{grid.const_data_ptr<scalar_t>(), g.voxels};
     cpu::warp::backward(grad_out.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
@@ -301,6 +301,7 @@ void keypoint_warp_3d_cpu(const at::Tensor& feature, const at::Tensor& kp_source
   check_keypoint_shapes(feature, kp_source, kp_driving, mask, jacobian);
   const Geometry g = geometry(feature, mask.size(2) * mask.size(3) * mask.size(4), padding, align_corners);
   if (feature.size(0) == 0) return;
+  advise_huge_pages(out);
   AT_DISPATCH_FLOATING_TYPES(feature.scalar_type(), "keypoint_warp_3d_cpu", [&] {
     const auto positions = keypoint_positions<scalar_t>(kp_source, kp_driving, mask, jacobian, mask_is_logits);
     scalar_t* phi = return_deformation ? deformation.data_ptr<scalar_t>() : nullptr;
@@ -324,6 +325,8 @@ void keypoint_warp_3d_backward_cpu(const at::Tensor& grad_out, const at::Tensor&
   check_keypoint_shapes(feature, kp_source, kp_driving, mask, jacobian);
   const Geometry g = geometry(feature, mask.size(2) * mask.size(3) * mask.size(4), padding, align_corners);
   const int64_t batch = feature.size(0), keypoints = kp_source.size(1);
+  advise_huge_pages(grad_feature);
+  advise_huge_pages(grad_mask);
   AT_DISPATCH_FLOATING_TYPES(feature.scalar_type(), "keypoint_warp_3d_backward_cpu", [&] {
     using T = scalar_t;
     const auto positions = keypoint_positions<T>(kp_source, kp_driving, mask, jacobian, mask_is_logits);
@@ -404,6 +407,7 @@ void sparse_motion_features_cpu(const at::Tensor& feature, const at::Tensor& kp_
   const int64_t keypoints = kp_source.size(1);
   const Geometry g = motion_geometry(feature, keypoints, align_corners);
   if (out.numel() == 0) return;
+  advise_huge_pages(out);
   AT_DISPATCH_FLOATING_TYPES(feature.scalar_type(), "sparse_motion_features_cpu", [&] {
     using T = scalar_t;
     const auto positions = motion_positions<T>(feature, kp_source, kp_driving, jacobian, variance);
@@ -422,6 +426,7 @@ void sparse_motion_features_backward_cpu(const at::Tensor& grad_out, const at::T
                                          at::Tensor& grad_jacobian, double variance, bool align_corners) {
   const int64_t batch = feature.size(0), keypoints = kp_source.size(1), views = keypoints + 1;
   const Geometry g = motion_geometry(feature, keypoints, align_corners);
+  advise_huge_pages(grad_feature);
   AT_DISPATCH_FLOATING_TYPES(feature.scalar_type(), "sparse_motion_features_backward_cpu", [&] {
     using T = scalar_t;
     const auto positions = motion_positions<T>(feature, kp_source, kp_driving, jacobian, variance);
@@ -456,15 +461,15 @@ void sparse_motion_features_backward_cpu(const at::Tensor& grad_out, const at::T
         const T* kd = kp_driving.const_data_ptr<T>() + nk * 3;
         const T* ks = kp_source.const_data_ptr<T>() + nk * 3;
         T s[kSums] = {};
-        for (int64_t j = 0; j < count; ++j) {
+        cpu::warp::block_sums(count, s, [&](int64_t j, int64_t l, T (*part)[cpu::warp::kLanes]) {
           for (int a = 0; a < 3; ++a) {
             const T ga = gt[3 * j + a];
-            s[a] += ga;
-            for (int c = 0; c < 3; ++c) s[3 + 3 * a + c] += ga * p[c][j];
-            s[12 + a] += gh[j] * ed[j] * (p[a][j] - kd[a]);
-            s[15 + a] += gh[j] * es[j] * (p[a][j] - ks[a]);
+            part[a][l] += ga;
+            for (int c = 0; c < 3; ++c) part[3 + 3 * a + c][l] += ga * p[c][j];
+            part[12 + a][l] += gh[j] * ed[j] * (p[a][j] - kd[a]);
+            part[15 + a][l] += gh[j] * es[j] * (p[a][j] - ks[a]);
           }
-        }
+        });
         double* acc = mine + nk * kSums;
         for (int q = 0; q < kSums; ++q) acc[q] += static_cast<double>(s[q]);
       }

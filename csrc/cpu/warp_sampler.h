@@ -159,6 +159,25 @@ struct Block {
 // A policy `positions(n, v0, count, block)` writes block.coord for output voxels [v0, v0 + count)
 // of sample n.
 
+// --- sums over a block ---------------------------------------------------------------------
+// sums[q] += the q-th term of every voxel j < count, where add(j, l, part) adds voxel j's terms to
+// part[q][l]: kLanes interleaved partial sums, so that the loop vectorizes (one float accumulator is
+// a chain of dependent adds, 4 cycles each), then the lanes in order. In T, as the block's values.
+constexpr int64_t kLanes = 8;
+
+template <typename T, int kTerms, typename Add>
+inline void block_sums(int64_t count, T (&sums)[kTerms], const Add& add) {
+  alignas(64) T part[kTerms][kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= count; j += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) add(j + l, l, part);
+  }
+  for (; j < count; ++j) add(j, j % kLanes, part);
+  for (int q = 0; q < kTerms; ++q) {
+    for (int64_t l = 0; l < kLanes; ++l) sums[q] += part[q][l];
+  }
+}
+
 // --- forward -----------------------------------------------------------------------------
 template <typename T>
 inline T sample_all_inside(const T* src, const Block<T>& b, int64_t j) {

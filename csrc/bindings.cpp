@@ -126,6 +126,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::call_guard<py::gil_scoped_release>());
   m.def("sparse_motion_features_backward_cpu", &dgm_fast::sparse_motion_features_backward_cpu,
         py::call_guard<py::gil_scoped_release>());
+  m.def("warp_isa", &dgm_fast::warp_isa, "the instruction set the warp sampler runs with (\"avx2\" or \"portable\")");
+  m.def("set_warp_portable", &dgm_fast::set_warp_portable,
+        "run the warp sampler's scalar loops even where AVX2 is present (tests)");
   m.def("warp_voxel_offset", &dgm_fast::warp_voxel_offset,
         "the int64 offset the warp kernels compute for voxel (n, c, z, y, x) of a (N, C, D, H, W) volume",
         py::arg("channels"), py::arg("depth"), py::arg("height"), py::arg("width"), py::arg("n"), py::arg("c"),

@@ -121,6 +121,48 @@ def test_cpu_backward_is_deterministic_and_independent_of_channel_split():
 
 
 @pytest.mark.skipif(_extension._C is None, reason="needs the compiled extension")
+@pytest.mark.parametrize("op", ["grid_sample_3d", "keypoint_warp_3d", "sparse_motion_features"])
+def test_avx2_gathers_give_the_scalar_loops_bits(op):
+    """The sampler's AVX2 paths (float32 forward and backward: masked gathers, vector position
+    gradients) compute the scalar loops' products and sums in their order: the same bits, outputs
+    and every gradient, at edges and past them (odd sizes, a partial last group of 8 voxels)."""
+    x = make_tensor((2, 5, 5, 7, 9), torch.float32, scale=1.0)
+    if op == "grid_sample_3d":
+        args = [x, _grid((2, 3, 6, 11, 3), torch.float32, "cpu", scale=1.3)]
+        call = [lambda x, g, p=p: dgm_fast.grid_sample_3d(x, g, padding_mode=p) for p in PADDING_MODES]
+    else:
+        kp = [make_tensor((2, 4, 3), torch.float32, scale=0.6, seed=s) for s in (5, 6)]
+        jac = torch.eye(3) + 0.3 * make_tensor((2, 4, 3, 3), torch.float32, seed=7)
+        if op == "keypoint_warp_3d":
+            args = [x, *kp, make_tensor((2, 5, 5, 7, 9), torch.float32, seed=8), jac]
+            call = [lambda f, s, d, m, j: dgm_fast.keypoint_warp_3d(f, s, d, m, jacobian=j, mask_is_logits=True)]
+        else:
+            args = [x, *kp, jac]
+            call = [lambda f, s, d, j: dgm_fast.sparse_motion_features(f, s, d, jacobian=j)]
+
+    def run():
+        results = []
+        for fn in call:
+            leaves = [a.clone().requires_grad_() for a in args]
+            out = fn(*leaves)
+            grad = make_tensor(tuple(out.shape), torch.float32, seed=9)
+            results += [out, *torch.autograd.grad(out, leaves, grad)]
+        return results
+
+    with dgm_fast.use_backend("cpu"):
+        assert _extension._C.warp_isa() in ("avx2", "portable")
+        fast = run()
+        _extension._C.set_warp_portable(True)
+        try:
+            assert _extension._C.warp_isa() == "portable"
+            portable = run()
+        finally:
+            _extension._C.set_warp_portable(False)
+    for a, b in zip(fast, portable):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(_extension._C is None, reason="needs the compiled extension")
 def test_offsets_are_int64_past_two_to_the_31():
     """The kernels' offset of the last voxel of a (2, 32, 512, 512, 512) volume (2^33 elements), and of
     one voxel of a single channel past 2^31, computed without allocating them."""

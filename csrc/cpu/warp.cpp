@@ -497,6 +497,10 @@ void sparse_motion_features_backward_cpu(const at::Tensor& grad_out, const at::T
   });
 }
 
+void set_warp_portable(bool on) { cpu::warp::g_force_portable.store(on, std::memory_order_relaxed); }
+
+const char* warp_isa() { return cpu::warp::has_avx2() ? "avx2" : "portable"; }
+
 int64_t warp_voxel_offset(int64_t c_size, int64_t d, int64_t h, int64_t w, int64_t n, int64_t c, int64_t z,
                           int64_t y, int64_t x) {
   const Geometry g{c_size, d, h, w, 0, kZeros, false};

@@ -50,6 +50,11 @@ void sparse_motion_features_backward_cpu(const at::Tensor& grad_out, const at::T
                                          at::Tensor& grad_kp_source, at::Tensor& grad_kp_driving,
                                          at::Tensor& grad_jacobian, double variance, bool align_corners);
 
+// Run the sampler's scalar loops even where the CPU has AVX2 (tests: the AVX2 gathers must give the
+// same bits), and which of the two runs now ("avx2" or "portable").
+void set_warp_portable(bool on);
+const char* warp_isa();
+
 // The element offset the kernels compute for voxel (n, c, z, y, x) of a contiguous (N, C, D, H, W)
 // volume, in int64 (tests check it past 2^31 elements without allocating them).
 int64_t warp_voxel_offset(int64_t c_size, int64_t d, int64_t h, int64_t w, int64_t n, int64_t c, int64_t z,

@@ -307,11 +307,7 @@ void keypoint_warp_3d_cpu(const at::Tensor& feature, const at::Tensor& kp_source
     scalar_t* phi = return_deformation ? deformation.data_ptr<scalar_t>() : nullptr;
     cpu::warp::forward(feature.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), feature.size(0), g, positions,
                        [&](int64_t n, int64_t v0, const Block<scalar_t>& b) {
-                         if (phi == nullptr) return;
-                         scalar_t* dst = phi + (n * g.voxels + v0) * 3;
-                         for (int64_t j = 0; j < b.n; ++j) {
-                           for (int a = 0; a < 3; ++a) dst[3 * j + a] = b.coord[a][j];
-                         }
+                         if (phi != nullptr) b.store_coords(b.n, phi + (n * g.voxels + v0) * 3);
                        });
   });
 }
@@ -330,18 +326,28 @@ void keypoint_warp_3d_backward_cpu(const at::Tensor& grad_out, const at::Tensor&
   AT_DISPATCH_FLOATING_TYPES(feature.scalar_type(), "keypoint_warp_3d_backward_cpu", [&] {
     using T = scalar_t;
     const auto positions = keypoint_positions<T>(kp_source, kp_driving, mask, jacobian, mask_is_logits);
-    // 1. the sampler's backward: grad_feature and the deformation's gradient (plus the caller's)
+    const int64_t blocks = (g.voxels + kBlock - 1) / kBlock, threads = at::get_num_threads();
+    // 1. the sampler's backward: grad_feature and the deformation's gradient (plus the caller's), at
+    //    phi computed once (the sampler's channel groups would each recompute it)
     std::vector<T> grad_phi(batch * g.voxels * 3, T(0));
     if (batch > 0 && g.voxels > 0 && g.c > 0) {
+      std::vector<T> phi(batch * g.voxels * 3);
+      at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
+        auto block = std::make_unique<Block<T>>();
+        for (int64_t item = begin; item < end; ++item) {
+          const int64_t n = item / blocks, v0 = item % blocks * kBlock, count = std::min(kBlock, g.voxels - v0);
+          positions(n, v0, count, *block);
+          block->store_coords(count, phi.data() + (n * g.voxels + v0) * 3);
+        }
+      });
       cpu::warp::backward(grad_out.const_data_ptr<T>(), feature.const_data_ptr<T>(), grad_feature.data_ptr<T>(),
-                          grad_phi.data(), batch, g, positions);
+                          grad_phi.data(), batch, g, GridPositions<T>{phi.data(), g.voxels});
     } else {
       grad_feature.zero_();
     }
     const T* gd = grad_deformation.const_data_ptr<T>();
     for (size_t i = 0; i < grad_phi.size(); ++i) grad_phi[i] += gd[i];
     // 2. the mask's gradient per voxel; the keypoints' as per-thread sums in double, reduced in order
-    const int64_t blocks = (g.voxels + kBlock - 1) / kBlock, threads = at::get_num_threads();
     std::vector<double> sums(threads * batch * keypoints * 12, 0.0);
     const T* gp = grad_phi.data();
     T* gm = grad_mask.data_ptr<T>();

@@ -128,6 +128,13 @@ struct Block {
   alignas(64) T mult[3][kBlock];
   std::vector<T> scratch;  // the policy's (keypoint_warp_3d: the block's mask weights)
 
+  // The first `count` coordinates as rows (x, y, z) at dst: a deformation's layout.
+  void store_coords(int64_t count, T* dst) const {
+    for (int64_t j = 0; j < count; ++j) {
+      for (int a = 0; a < 3; ++a) dst[3 * j + a] = coord[a][j];
+    }
+  }
+
   // The corners of the block's `count` voxels, from `coord`.
   void compute_corners(int64_t count, const Geometry& g) {
     n = count;

@@ -442,6 +442,24 @@ def _deformation(kp_s, kp_d, jac, row, nk, K, V, px, py, pz, valid, LOGITS: tl.c
 
 
 @triton.jit
+def _store_motion_sums(s, gx, gy, gz, px, py, pz):
+    """A = sum_v g and B = sum_v g p^T over a block (12 values at s, B row-major) for a motion's
+    position gradient g: the sums the gradients of T_k(p) = J_k (p - kp_driving_k) + kp_source_k follow from."""
+    tl.store(s, tl.sum(gx, axis=0))
+    tl.store(s + 1, tl.sum(gy, axis=0))
+    tl.store(s + 2, tl.sum(gz, axis=0))
+    tl.store(s + 3, tl.sum(gx * px, axis=0))
+    tl.store(s + 4, tl.sum(gx * py, axis=0))
+    tl.store(s + 5, tl.sum(gx * pz, axis=0))
+    tl.store(s + 6, tl.sum(gy * px, axis=0))
+    tl.store(s + 7, tl.sum(gy * py, axis=0))
+    tl.store(s + 8, tl.sum(gy * pz, axis=0))
+    tl.store(s + 9, tl.sum(gz * px, axis=0))
+    tl.store(s + 10, tl.sum(gz * py, axis=0))
+    tl.store(s + 11, tl.sum(gz * pz, axis=0))
+
+
+@triton.jit
 def _gaussian(px, py, pz, kp, variance):
     """exp(-0.5 |p - kp|^2 / variance), the heatmap's Gaussian (reference.py keypoint_heatmap_3d_reference)."""
     dx = px - tl.load(kp)
@@ -573,19 +591,7 @@ def _keypoint_warp_3d_backward_kernel(
         mgx = tl.where(valid, m * gx, 0.0)
         mgy = tl.where(valid, m * gy, 0.0)
         mgz = tl.where(valid, m * gz, 0.0)
-        s = sums + k * KEYPOINT_SUMS
-        tl.store(s, tl.sum(mgx, axis=0))
-        tl.store(s + 1, tl.sum(mgy, axis=0))
-        tl.store(s + 2, tl.sum(mgz, axis=0))
-        tl.store(s + 3, tl.sum(mgx * px, axis=0))
-        tl.store(s + 4, tl.sum(mgx * py, axis=0))
-        tl.store(s + 5, tl.sum(mgx * pz, axis=0))
-        tl.store(s + 6, tl.sum(mgy * px, axis=0))
-        tl.store(s + 7, tl.sum(mgy * py, axis=0))
-        tl.store(s + 8, tl.sum(mgy * pz, axis=0))
-        tl.store(s + 9, tl.sum(mgz * px, axis=0))
-        tl.store(s + 10, tl.sum(mgz * py, axis=0))
-        tl.store(s + 11, tl.sum(mgz * pz, axis=0))
+        _store_motion_sums(sums + k * KEYPOINT_SUMS, mgx, mgy, mgz, px, py, pz)
     if LOGITS:  # the softmax's backward m_k (g_k - sum_j m_j g_j), g_k and m_k recomputed
         tl.store(out, _weight(row, valid, top, total, LOGITS) * (g0 - dot), mask=valid)
         r = row
@@ -668,18 +674,7 @@ def _sparse_motion_features_backward_kernel(
             hd = tl.where(valid, gh * _gaussian(px, py, pz, kd, var), 0.0)
             hs = tl.where(valid, gh * _gaussian(px, py, pz, ks, var), 0.0)
             s = sums + (k - 1) * MOTION_SUMS
-            tl.store(s, tl.sum(gx, axis=0))
-            tl.store(s + 1, tl.sum(gy, axis=0))
-            tl.store(s + 2, tl.sum(gz, axis=0))
-            tl.store(s + 3, tl.sum(gx * px, axis=0))
-            tl.store(s + 4, tl.sum(gx * py, axis=0))
-            tl.store(s + 5, tl.sum(gx * pz, axis=0))
-            tl.store(s + 6, tl.sum(gy * px, axis=0))
-            tl.store(s + 7, tl.sum(gy * py, axis=0))
-            tl.store(s + 8, tl.sum(gy * pz, axis=0))
-            tl.store(s + 9, tl.sum(gz * px, axis=0))
-            tl.store(s + 10, tl.sum(gz * py, axis=0))
-            tl.store(s + 11, tl.sum(gz * pz, axis=0))
+            _store_motion_sums(s, gx, gy, gz, px, py, pz)
             tl.store(s + 12, tl.sum(hd * (px - tl.load(kd)), axis=0))
             tl.store(s + 13, tl.sum(hd * (py - tl.load(kd + 1)), axis=0))
             tl.store(s + 14, tl.sum(hd * (pz - tl.load(kd + 2)), axis=0))

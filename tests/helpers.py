@@ -7,6 +7,11 @@ op on them, so a new op adds its sample maker here.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -328,3 +333,35 @@ def backend_fixture(op):
             yield device, name
 
     return backend
+
+
+# Compiling Triton kernels for sm_90 without a GPU: a script run in a fresh Python without
+# TRITON_INTERPRET (under which @triton.jit makes no compilable kernel); it prints SKIP where this
+# Triton lacks the internals used.
+PTX_PREAMBLE = """
+import json, sys
+import torch, triton
+
+def skip(exc):
+    print("SKIP", exc)
+    sys.exit()
+
+try:
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature
+except ImportError as exc:
+    skip(exc)
+"""
+
+
+def run_ptx_script(body: str, tmp_path, *argv: str) -> str:
+    """What ``PTX_PREAMBLE + body`` prints (run from the repository root, Triton's cache in
+    ``tmp_path``); skips the calling test where Triton cannot compile for a GPU here."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", PTX_PREAMBLE + body, *argv], capture_output=True, text=True,
+                            env={**env, "TRITON_CACHE_DIR": str(tmp_path)}, cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 0, result.stderr[-5000:]
+    if result.stdout.startswith("SKIP"):
+        pytest.skip(f"cannot compile Triton kernels for sm_90 here: {result.stdout}")
+    return result.stdout

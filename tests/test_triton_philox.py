@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +14,7 @@ import triton.language as tl  # noqa: E402
 
 from dgm_fast.kernels.philox import philox4x32_10, philox_normal4  # noqa: E402
 from dgm_fast.philox import normal_noise, philox4x32, split_seed  # noqa: E402
-from helpers import PHILOX_KAT  # noqa: E402
+from helpers import PHILOX_KAT, run_ptx_script  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -98,19 +95,6 @@ def test_normals_match_reference(dtype, tol, seed, c_first):
 # tensor stands in for it), and prints the PTX. Run without TRITON_INTERPRET,
 # under which @triton.jit makes no compilable kernel.
 COMPILE_PTX = """
-import sys
-import torch, triton
-
-def skip(exc):
-    print("SKIP", exc)
-    sys.exit()
-
-try:
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource, make_backend
-    from triton.runtime.jit import create_function_from_signature
-except ImportError as exc:
-    skip(exc)
 from dgm_fast.kernels import langevin
 
 kernel, launch = langevin._langevin_kernel, {}
@@ -138,14 +122,7 @@ print(triton.compile(src, target=target, options=options.__dict__).asm["ptx"])
 
 def test_compiled_langevin_kernel_vectorises_and_rounds_correctly(tmp_path):
     n = 10**7 + 1  # no multiple of 16: only the last program may mask
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-c", COMPILE_PTX, str(n)], capture_output=True, text=True,
-                            env={**env, "TRITON_CACHE_DIR": str(tmp_path)},
-                            cwd=Path(__file__).resolve().parent.parent)
-    assert result.returncode == 0, result.stderr[-5000:]
-    if result.stdout.startswith("SKIP"):
-        pytest.skip(f"cannot compile Triton kernels for sm_90 here: {result.stdout}")
-    ptx = result.stdout
+    ptx = run_ptx_script(COMPILE_PTX, tmp_path, str(n))
     assert "ld.global.v4.b32" in ptx and "st.global.v4.b32" in ptx
     assert "sqrt.rn.f32" in ptx and "sqrt.approx" not in ptx
     assert re.search(r"mul\.rn\.f32[^;]*0f40C90FDB;", ptx)  # t = fl32(2 pi) * u, rounded on its own

@@ -11,11 +11,7 @@ and the deterministic backward mode (§4.3.3's warps).
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -30,7 +26,7 @@ from dgm_fast.warp.op import (
     SPARSE_MOTION_FEATURES_BACKWARD,
 )
 from dgm_fast.warp.reference import PADDING_MODES
-from helpers import TOL, make_tensor
+from helpers import TOL, make_tensor, run_ptx_script
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if KEYPOINT_WARP_3D.availability(torch.device(DEVICE))["triton"] is not None:
@@ -284,19 +280,6 @@ def test_deterministic_backward_of_empty_and_untouched_inputs(deterministic):
 
 # --- the compiled kernels -------------------------------------------------------------------------
 COMPILE_PTX = """
-import json, sys
-import torch, triton
-
-def skip(exc):
-    print("SKIP", exc)
-    sys.exit()
-
-try:
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource, make_backend
-    from triton.runtime.jit import create_function_from_signature
-except ImportError as exc:
-    skip(exc)
 from dgm_fast.kernels import warp
 
 launches = []
@@ -338,13 +321,7 @@ print(json.dumps(ptx))
 def test_kernels_compile_for_a_gpu_without_float_atomics_where_deterministic(tmp_path):
     """Every float32 kernel compiles for sm_90 (the interpreter checks less than the compiler) with
     IEEE division and no FMA contraction; only the atomic mode's backward kernels have atomics."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-c", COMPILE_PTX], capture_output=True, text=True,
-                            env={**env, "TRITON_CACHE_DIR": str(tmp_path)}, cwd=Path(__file__).resolve().parent.parent)
-    assert result.returncode == 0, result.stderr[-5000:]
-    if result.stdout.startswith("SKIP"):
-        pytest.skip(f"cannot compile Triton kernels for sm_90 here: {result.stdout}")
-    compiled = json.loads(result.stdout)
+    compiled = json.loads(run_ptx_script(COMPILE_PTX, tmp_path))
     assert sorted((mode, name) for mode, name, _ in compiled) == sorted(
         [("forward", f"_{op}_kernel") for op in ("grid_sample_3d", "keypoint_warp_3d", "sparse_motion_features")]
         + [(mode, f"_{op}_backward_kernel") for op in ("grid_sample_3d", "keypoint_warp_3d", "sparse_motion_features")

@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <memory>
 #include <vector>
@@ -281,6 +282,36 @@ KeypointPositions<T> keypoint_positions(const at::Tensor& kp_source, const at::T
           jacobian.const_data_ptr<T>(), kp_source.size(1), mask.size(2), mask.size(3), mask.size(4), logits};
 }
 
+// Item i's sums (kWidth values) over the threads' parts sums[(thread * items + i) * kWidth + q], in
+// thread order.
+template <int kWidth>
+std::array<double, kWidth> thread_total(const std::vector<double>& sums, int64_t items, int64_t i) {
+  std::array<double, kWidth> total{};
+  for (size_t part = i * kWidth; part < sums.size(); part += items * kWidth) {
+    for (int q = 0; q < kWidth; ++q) total[q] += sums[part + q];
+  }
+  return total;
+}
+
+// Keypoint i's gradients for its motion T(p) = J (p - kd) + ks (§4.3.3) from A = sum_v dL/dT (ab[0..2])
+// and B = sum_v dL/dT p^T (ab[3..11], row-major), plus what else depends on ks and kd (extra_s,
+// extra_d): d/d ks = A + extra_s, d/d kd = -J^T A + extra_d, d/d J = B - A kd^T.
+template <typename T>
+void motion_gradients(int64_t i, const double* ab, const double* extra_s, const double* extra_d,
+                      const at::Tensor& kp_driving, const at::Tensor& jacobian, at::Tensor& grad_kp_source,
+                      at::Tensor& grad_kp_driving, at::Tensor& grad_jacobian) {
+  const T *kd = kp_driving.const_data_ptr<T>() + 3 * i, *jac = jacobian.const_data_ptr<T>() + 9 * i;
+  T *g_ks = grad_kp_source.data_ptr<T>() + 3 * i, *g_kd = grad_kp_driving.data_ptr<T>() + 3 * i;
+  T* g_j = grad_jacobian.data_ptr<T>() + 9 * i;
+  for (int q = 0; q < 3; ++q) {
+    g_ks[q] = static_cast<T>(ab[q] + extra_s[q]);
+    double jt_a = 0;
+    for (int r = 0; r < 3; ++r) jt_a += static_cast<double>(jac[3 * r + q]) * ab[r];
+    g_kd[q] = static_cast<T>(extra_d[q] - jt_a);
+    for (int r = 0; r < 3; ++r) g_j[3 * q + r] = static_cast<T>(ab[3 + 3 * q + r] - ab[q] * static_cast<double>(kd[r]));
+  }
+}
+
 void check_keypoint_shapes(const at::Tensor& feature, const at::Tensor& kp_source, const at::Tensor& kp_driving,
                            const at::Tensor& mask, const at::Tensor& jacobian) {
   const int64_t n = feature.size(0), k = kp_source.size(1);
@@ -360,25 +391,11 @@ void keypoint_warp_3d_backward_cpu(const at::Tensor& grad_out, const at::Tensor&
                                  *block);
       }
     });
-    const T *kd = kp_driving.const_data_ptr<T>(), *jac = jacobian.const_data_ptr<T>();
-    T *g_ks = grad_kp_source.data_ptr<T>(), *g_kd = grad_kp_driving.data_ptr<T>(), *g_j = grad_jacobian.data_ptr<T>();
+    const double none[3] = {};
     for (int64_t i = 0; i < batch * keypoints; ++i) {
-      double a[3] = {}, b[9] = {};
-      for (int64_t t = 0; t < threads; ++t) {
-        const double* s = sums.data() + (t * batch * keypoints + i) * 12;
-        for (int q = 0; q < 3; ++q) a[q] += s[q];
-        for (int q = 0; q < 9; ++q) b[q] += s[3 + q];
-      }
-      // T_k = J (p - kd) + ks: d/d ks = A, d/d kd = -J^T A, d/d J = B - A kd^T
-      for (int q = 0; q < 3; ++q) {
-        g_ks[3 * i + q] = static_cast<T>(a[q]);
-        double s = 0;
-        for (int r = 0; r < 3; ++r) s += static_cast<double>(jac[9 * i + 3 * r + q]) * a[r];
-        g_kd[3 * i + q] = static_cast<T>(-s);
-        for (int r = 0; r < 3; ++r) {
-          g_j[9 * i + 3 * q + r] = static_cast<T>(b[3 * q + r] - a[q] * static_cast<double>(kd[3 * i + r]));
-        }
-      }
+      const auto ab = thread_total<12>(sums, batch * keypoints, i);
+      motion_gradients<T>(i, ab.data(), none, none, kp_driving, jacobian, grad_kp_source, grad_kp_driving,
+                          grad_jacobian);
     }
   });
 }
@@ -480,25 +497,14 @@ void sparse_motion_features_backward_cpu(const at::Tensor& grad_out, const at::T
         for (int q = 0; q < kSums; ++q) acc[q] += static_cast<double>(s[q]);
       }
     });
-    const T *kd = kp_driving.const_data_ptr<T>(), *jac = jacobian.const_data_ptr<T>();
-    T *g_ks = grad_kp_source.data_ptr<T>(), *g_kd = grad_kp_driving.data_ptr<T>(), *g_j = grad_jacobian.data_ptr<T>();
     const double inv_var = 1.0 / variance;
     for (int64_t i = 0; i < batch * keypoints; ++i) {
-      double t[kSums] = {};
-      for (int64_t th = 0; th < threads; ++th) {
-        const double* part = sums.data() + (th * batch * keypoints + i) * kSums;
-        for (int q = 0; q < kSums; ++q) t[q] += part[q];
-      }
-      // T_k = J (p - kd) + ks; h = e_d - e_s with d e_d / d kd = e_d (p - kd) / variance, d e_s / d ks likewise
-      for (int q = 0; q < 3; ++q) {
-        g_ks[3 * i + q] = static_cast<T>(t[q] - t[15 + q] * inv_var);
-        double s = 0;
-        for (int r = 0; r < 3; ++r) s += static_cast<double>(jac[9 * i + 3 * r + q]) * t[r];
-        g_kd[3 * i + q] = static_cast<T>(t[12 + q] * inv_var - s);
-        for (int r = 0; r < 3; ++r) {
-          g_j[9 * i + 3 * q + r] = static_cast<T>(t[3 + 3 * q + r] - t[q] * static_cast<double>(kd[3 * i + r]));
-        }
-      }
+      const auto t = thread_total<kSums>(sums, batch * keypoints, i);
+      // the heatmap h = e_d - e_s: d e_d / d kd = e_d (p - kd) / variance, d e_s / d ks likewise
+      const double heat_s[3] = {-t[15] * inv_var, -t[16] * inv_var, -t[17] * inv_var};
+      const double heat_d[3] = {t[12] * inv_var, t[13] * inv_var, t[14] * inv_var};
+      motion_gradients<T>(i, t.data(), heat_s, heat_d, kp_driving, jacobian, grad_kp_source, grad_kp_driving,
+                          grad_jacobian);
     }
   });
 }

@@ -18,7 +18,9 @@
 #pragma once
 
 #include <ATen/Parallel.h>
+#if defined(__x86_64__)
 #include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -210,6 +212,7 @@ void sample_channel(const T* src, T* dst, const Block<T>& b) {
   for (int64_t e = 0; e < b.n_edge; ++e) dst[b.edge[e]] = sample_edge(src, b, b.edge[e]);
 }
 
+#if defined(__x86_64__)
 // float32 with AVX2: 8 voxels a step, each corner one gather; the same products and sums in the
 // same order (separate multiply and add, no FMA), so the same bits as the scalar loop.
 __attribute__((target("avx2"))) inline void sample_channel_avx2(const float* src, float* dst, const Block<float>& b) {
@@ -227,11 +230,17 @@ __attribute__((target("avx2"))) inline void sample_channel_avx2(const float* src
   for (int64_t e = 0; e < b.n_edge; ++e) dst[b.edge[e]] = sample_edge(src, b, b.edge[e]);
 }
 
+#endif  // __x86_64__
+
 inline std::atomic<bool> g_force_portable{false};  // tests: the scalar loops even where AVX2 is present
 
 inline bool has_avx2() {
+#if defined(__x86_64__)
   static const bool yes = __builtin_cpu_supports("avx2");
   return yes && !g_force_portable.load(std::memory_order_relaxed);
+#else
+  return false;
+#endif
 }
 
 // Each view's (C, V) output = the input sampled at the policy's positions; `visit(u, v0, block)`
@@ -241,7 +250,7 @@ void forward(const T* input, T* out, int64_t batch, const Geometry& g, const Pos
              const Visit& visit) {
   const int64_t blocks = (g.voxels + kBlock - 1) / kBlock;
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, kBlock * g.c));
-  const bool gather = has_avx2() && g.in_volume() < kInt32Volume;
+  [[maybe_unused]] const bool gather = has_avx2() && g.in_volume() < kInt32Volume;
   at::parallel_for(0, batch * g.views * blocks, grain, [&](int64_t begin, int64_t end) {
     auto block = std::make_unique<Block<T>>();
     Block<T>& b = *block;
@@ -257,12 +266,14 @@ void forward(const T* input, T* out, int64_t batch, const Geometry& g, const Pos
       for (int64_t c = 0; c < g.c; ++c) {
         const T* src = input + g.channel_offset(u / g.views, c);
         T* dst = out + u * g.view_stride + c * g.voxels + v0;
+#if defined(__x86_64__)
         if constexpr (std::is_same_v<T, float>) {
           if (gather) {
             sample_channel_avx2(src, dst, b);
             continue;
           }
         }
+#endif
         sample_channel(src, dst, b);
       }
     }
@@ -306,6 +317,7 @@ void channel_backward(const T* src, T* gin, const T* go, const Block<T>& b, T (*
   for (int64_t j = 0; j < b.n; ++j) channel_backward_voxel(src, gin, go, b, j, acc);
 }
 
+#if defined(__x86_64__)
 // float32 with AVX2: 8 voxels a step, each corner one masked gather (0 outside) and the position
 // gradient in vectors, with the scalar loop's products and sums in its order (no FMA), so the same
 // bits; the scatter stays scalar (neighbouring voxels share corners), in the scalar loop's order.
@@ -349,6 +361,7 @@ __attribute__((target("avx2"))) inline void channel_backward_avx2(const float* s
   }
   for (; j < b.n; ++j) channel_backward_voxel(src, gin, go, b, j, acc);
 }
+#endif  // __x86_64__
 
 // One block of view u's voxels, for channels [c0, c1).
 template <typename T, typename Positions>
@@ -358,17 +371,19 @@ void backward_block(const T* grad_out, const T* input, T* grad_input, T* grad_co
   positions(u, v0, count, b);
   b.compute_corners(count, g);
   alignas(64) T acc[3][kBlock] = {};
-  const bool gather = has_avx2() && g.in_volume() < kInt32Volume;
+  [[maybe_unused]] const bool gather = has_avx2() && g.in_volume() < kInt32Volume;
   for (int64_t c = c0; c < c1; ++c) {
     const T* src = input + g.channel_offset(n, c);
     T* gin = grad_input + g.channel_offset(n, c);
     const T* go = grad_out + u * g.view_stride + c * g.voxels + v0;
+#if defined(__x86_64__)
     if constexpr (std::is_same_v<T, float>) {
       if (gather) {
         channel_backward_avx2(src, gin, go, b, acc);
         continue;
       }
     }
+#endif
     channel_backward(src, gin, go, b, acc);
   }
   T* gg = grad_coord + (u * g.voxels + v0) * 3;

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+import dgm_fast
 from dgm_fast.demo import warp_head
 from dgm_fast.models.face3dmm import rotation_matrix, synthetic_morphable_model
 from dgm_fast.warp.reference import identity_grid
@@ -23,7 +24,7 @@ def turned():
 def test_keypoints_and_jacobians_are_the_rigid_pose_map(turned):
     """T_k(p) = J (p - kd_k) + ks_k maps every driving keypoint onto its source keypoint, and J is the
     rotation R_s R_d^-1 of (4.7) (R_s = I here)."""
-    kp_source, kp_driving, jacobian, source = turned
+    kp_source, kp_driving, jacobian = turned
     assert kp_source.shape == kp_driving.shape == (1, 15, 3) and jacobian.shape == (1, 15, 3, 3)
     expect = rotation_matrix(torch.tensor([[10.0, -25.0, 0.0]], dtype=torch.float64) * math.pi / 180)[0].mT
     torch.testing.assert_close(jacobian[0, 3], expect)
@@ -32,7 +33,7 @@ def test_keypoints_and_jacobians_are_the_rigid_pose_map(turned):
 
 
 def test_mask_is_a_partition_of_unity_with_identity_outside_the_head(turned):
-    _, kp_driving, jacobian, _ = turned
+    _, kp_driving, jacobian = turned
     mask = warp_head.motion_mask(SIZE, kp_driving, jacobian)
     assert mask.shape == (1, 16, *SIZE) and (mask >= 0).all()
     torch.testing.assert_close(mask.sum(dim=1), torch.ones(1, *SIZE, dtype=mask.dtype))
@@ -43,10 +44,10 @@ def test_mask_is_a_partition_of_unity_with_identity_outside_the_head(turned):
 def test_warp_turns_the_head_rigidly(turned):
     """For a pose-only change every T_k is the inverse pose map J p, so phi(p) = m_0 p + (1 - m_0) J p:
     the warp of §4.3.3 reproduces the 3DMM's rigid motion wherever the background weight m_0 is 0."""
-    kp_source, kp_driving, jacobian, _ = turned
+    kp_source, kp_driving, jacobian = turned
     mask = warp_head.motion_mask(SIZE, kp_driving, jacobian)
     volume = warp_head.head_volume(SIZE, kp_source).double()
-    _, phi = warp_head.dgm_fast.keypoint_warp_3d(volume, kp_source, kp_driving, mask, jacobian=jacobian.contiguous(),
+    _, phi = dgm_fast.keypoint_warp_3d(volume, kp_source, kp_driving, mask, jacobian=jacobian,
                                                  return_deformation=True)
     p = identity_grid(SIZE, torch.float64, "cpu")
     background = mask[0, 0, ..., None]

@@ -54,8 +54,8 @@ MODES = {
 
 
 def pose_keypoints(model: MorphableModel, angles_deg: tuple[float, float, float], expression_seed: int | None,
-                   seed: int) -> tuple[Tensor, Tensor, Tensor, Coefficients]:
-    """``(kp_source, kp_driving, jacobian, source coefficients)`` (1, K, 3) / (1, K, 3, 3), float64: the
+                   seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``(kp_source, kp_driving, jacobian)`` (1, K, 3) / (1, K, 3, 3), float64: the
     landmarks of a random identity seen from the front, and of the same face turned by ``angles_deg``
     (pitch, yaw, roll) with, if ``expression_seed`` is given, a random expression (§4.3.6)."""
     gen = torch.Generator().manual_seed(seed)
@@ -68,8 +68,8 @@ def pose_keypoints(model: MorphableModel, angles_deg: tuple[float, float, float]
     if expression_seed is not None:
         driving = model.random_expression(driving, torch.Generator().manual_seed(expression_seed))
     r_source, r_driving = rotation_matrix(source.angles), rotation_matrix(driving.angles)
-    jacobian = (r_source @ r_driving.mT)[:, None].expand(1, model.n_landmarks, 3, 3)
-    return model.landmarks(source), model.landmarks(driving), jacobian, source
+    jacobian = (r_source @ r_driving.mT)[:, None].expand(1, model.n_landmarks, 3, 3).contiguous()
+    return model.landmarks(source), model.landmarks(driving), jacobian
 
 
 def _to_source(p: Tensor, jacobian: Tensor) -> Tensor:
@@ -136,7 +136,7 @@ def time_warps(cfg: WarpConfig, kp_source: Tensor, kp_driving: Tensor, jacobian:
     gen = torch.Generator().manual_seed(seed)
     feature = torch.randn(1, cfg.timing_channels, *cfg.timing_size, generator=gen)
     mask = motion_mask(cfg.timing_size, kp_driving, jacobian).float()
-    inputs = [feature, kp_source.float(), kp_driving.float(), mask, jacobian.float().contiguous()]
+    inputs = [feature, kp_source.float(), kp_driving.float(), mask, jacobian.float()]
     warps = {"dgm_fast": lambda f, s, d, m, j: dgm_fast.keypoint_warp_3d(f, s, d, m, jacobian=j),
              "eager chain": lambda f, s, d, m, j: keypoint_warp_chain(f, s, d, m, j, False)[0]}
     with torch.no_grad():
@@ -201,11 +201,11 @@ def run_warp(out_dir: Path, *, mode: str = "default", seed: int = 0, angles_deg=
     seed = _checks.integer("seed", seed, low=0)
     out_dir = _checks.writable_dir("out_dir", out_dir)
     model = synthetic_morphable_model(n_landmarks=cfg.n_keypoints, dtype=torch.float64)
-    kp_source, kp_driving, jacobian, _ = pose_keypoints(model, angles_deg, expression_seed, seed)
+    kp_source, kp_driving, jacobian = pose_keypoints(model, angles_deg, expression_seed, seed)
     volume = head_volume(cfg.figure_size, kp_source)
     mask = motion_mask(cfg.figure_size, kp_driving, jacobian).float()
     warped, phi = dgm_fast.keypoint_warp_3d(volume, kp_source.float(), kp_driving.float(), mask,
-                                            jacobian=jacobian.float().contiguous(), return_deformation=True)
+                                            jacobian=jacobian.float(), return_deformation=True)
     figure = plot_warp(render(volume), render(warped), phi[0] - identity_grid(cfg.figure_size, phi.dtype, "cpu"),
                        kp_source[0], kp_driving[0], out_dir / "warp_head.png", _caption(angles_deg, expression_seed))
     timings = time_warps(cfg, kp_source, kp_driving, jacobian, seed)

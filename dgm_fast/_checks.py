@@ -79,6 +79,11 @@ def like(name: str, t: Tensor, ref_name: str, ref: Tensor) -> None:
     """``t`` has the shape, dtype and device of ``ref``."""
     if t.shape != ref.shape:
         raise ValueError(f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got {tuple(t.shape)}")
+    same_kind(name, t, ref_name, ref)
+
+
+def same_kind(name: str, t: Tensor, ref_name: str, ref: Tensor) -> None:
+    """``t`` has the dtype and device of ``ref``."""
     if t.dtype != ref.dtype:
         raise TypeError(f"{name} must have the dtype of {ref_name} ({ref.dtype}), got {t.dtype}")
     if t.device != ref.device:

@@ -60,13 +60,6 @@ def rotation_matrix(angles: Tensor) -> Tensor:
     return rz @ ry @ rx
 
 
-def _same_kind(name: str, t: Tensor, ref_name: str, ref: Tensor) -> None:
-    if t.dtype != ref.dtype:
-        raise TypeError(f"{name} must have the dtype of {ref_name} ({ref.dtype}), got {t.dtype}")
-    if t.device != ref.device:
-        raise ValueError(f"{name} must be on the device of {ref_name} ({ref.device}), got {t.device}")
-
-
 @dataclass(frozen=True)
 class Coefficients:
     """A batch of 3DMM coefficients (P_id, P_exp, s, R, b) of (4.6)-(4.7), R given by ``angles`` (see
@@ -82,7 +75,7 @@ class Coefficients:
     def __post_init__(self):
         for f in dataclasses.fields(self):
             _checks.dense_tensor(f.name, getattr(self, f.name), MODEL_DTYPES)
-            _same_kind(f.name, getattr(self, f.name), "p_id", self.p_id)
+            _checks.same_kind(f.name, getattr(self, f.name), "p_id", self.p_id)
         if self.p_id.dim() != 2:
             raise ValueError(f"p_id must have shape (B, alpha), got {tuple(self.p_id.shape)}")
         batch = self.p_id.shape[0]
@@ -125,7 +118,7 @@ class MorphableModel(nn.Module):
             if basis.dim() != 2 or basis.shape[0] != mean.numel() or basis.shape[1] == 0:
                 raise ValueError(f"{name} must have shape ({mean.numel()}, n) with n >= 1 (rows: mean's), "
                                  f"got {tuple(basis.shape)}")
-            _same_kind(name, basis, "mean", mean)
+            _checks.same_kind(name, basis, "mean", mean)
         for name, t in (("mean", mean), ("id_basis", id_basis), ("exp_basis", exp_basis)):
             if not bool(t.isfinite().all()):
                 raise ValueError(f"{name} must be finite")
@@ -167,7 +160,7 @@ class MorphableModel(nn.Module):
             got = getattr(coeffs, name).shape[1]
             if got != n:
                 raise ValueError(f"coeffs.{name} must have the model's {n} columns, got {got}")
-        _same_kind("coeffs", coeffs.p_id, "the model", self.mean)
+        _checks.same_kind("coeffs", coeffs.p_id, "the model", self.mean)
         return coeffs
 
     def _landmark_bases(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -231,7 +224,7 @@ class MorphableModel(nn.Module):
                 or target.shape[2] not in (2, 3):
             raise ValueError(f"target must have shape (B, {self.n_landmarks}, 2 or 3) with B >= 1, "
                              f"got {tuple(target.shape)}")
-        _same_kind("target", target, "the model", self.mean)
+        _checks.same_kind("target", target, "the model", self.mean)
         if not bool(target.isfinite().all()):
             raise ValueError("target must be finite")
         return target.shape[2]

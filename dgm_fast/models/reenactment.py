@@ -50,15 +50,20 @@ def _stages(name: str, value) -> tuple[tuple[int, int], ...]:
                  for w, b in value)
 
 
+def _height_width(name: str, x: Tensor, multiple: int) -> Tensor:
+    """``x`` with its last two sizes (H, W) positive multiples of ``multiple`` (what the down blocks halve)."""
+    if any(s == 0 or s % multiple for s in x.shape[-2:]):
+        raise ValueError(f"{name}'s height and width must be positive multiples of {multiple} (the down blocks "
+                         f"halve them), got {tuple(x.shape[-2:])}")
+    return x
+
+
 def _image(name: str, x, channels: int, multiple: int, dtypes=_checks.FLOAT_DTYPES) -> Tensor:
     """(N, channels, H, W) with H and W positive multiples of ``multiple`` (what the down blocks halve)."""
     _checks.dense_tensor(name, x, dtypes)
     if x.dim() != 4 or x.shape[1] != channels:
         raise ValueError(f"{name} must have shape (N, {channels}, H, W), got {tuple(x.shape)}")
-    if any(s == 0 or s % multiple for s in x.shape[2:]):
-        raise ValueError(f"{name}'s height and width must be positive multiples of {multiple} (the down blocks "
-                         f"halve them), got {tuple(x.shape[2:])}")
-    return x
+    return _height_width(name, x, multiple)
 
 
 def _volume(name: str, x, channels: int, depth: int, multiple: int) -> Tensor:
@@ -66,10 +71,7 @@ def _volume(name: str, x, channels: int, depth: int, multiple: int) -> Tensor:
     _checks.dense_tensor(name, x)
     if x.dim() != 5 or tuple(x.shape[1:3]) != (channels, depth):
         raise ValueError(f"{name} must have shape (N, C={channels}, D={depth}, H, W), got {tuple(x.shape)}")
-    if any(s == 0 or s % multiple for s in x.shape[3:]):
-        raise ValueError(f"{name}'s height and width must be positive multiples of {multiple} (the down blocks "
-                         f"halve them), got {tuple(x.shape[3:])}")
-    return x
+    return _height_width(name, x, multiple)
 
 
 def _keypoints(name: str, kp, n_keypoints: int, ref_name: str, ref: Tensor) -> Tensor:
@@ -77,10 +79,7 @@ def _keypoints(name: str, kp, n_keypoints: int, ref_name: str, ref: Tensor) -> T
     _checks.dense_tensor(name, kp, WARP_DTYPES)
     if kp.shape != (ref.shape[0], n_keypoints, 3):
         raise ValueError(f"{name} must have shape (N={ref.shape[0]}, K={n_keypoints}, 3), got {tuple(kp.shape)}")
-    if kp.dtype != ref.dtype:
-        raise TypeError(f"{name} must have the dtype of {ref_name} ({ref.dtype}), got {kp.dtype}")
-    if kp.device != ref.device:
-        raise ValueError(f"{name} must be on the device of {ref_name} ({ref.device}), got {kp.device}")
+    _checks.same_kind(name, kp, ref_name, ref)
     return kp
 
 

@@ -25,10 +25,7 @@ def _volume(name: str, t) -> Tensor:
 def _like_feature(name: str, t, ref_name: str, ref: Tensor) -> Tensor:
     """A dense tensor of the dtype and on the device of ``ref``."""
     _checks.dense_tensor(name, t, WARP_DTYPES)
-    if t.dtype != ref.dtype:
-        raise TypeError(f"{name} must have the dtype of {ref_name} ({ref.dtype}), got {t.dtype}")
-    if t.device != ref.device:
-        raise ValueError(f"{name} must be on the device of {ref_name} ({ref.device}), got {t.device}")
+    _checks.same_kind(name, t, ref_name, ref)
     return t
 
 

@@ -419,14 +419,23 @@ def flow_invalid(gradients: bool) -> Callable:
 
 
 # --- 3-D warping -------------------------------------------------------------------
+def fixed_gradients(fn, *args):
+    """The gradients of ``fn(*args)`` with respect to its tensor arguments for a fixed random gradient of
+    each output: a warp op's fused backward, reached through autograd (the backward ops have no public
+    functions of their own). Arguments that are not floating-point tensors pass as they are, for
+    ``fn`` to reject."""
+    args = [a.detach().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+    out = fn(*args)
+    outs = out if isinstance(out, tuple) else (out,)
+    gen = torch.Generator().manual_seed(1)
+    grads = [torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o) for o in outs]
+    wanted = [a for a in args if isinstance(a, torch.Tensor)]
+    return torch.autograd.grad(outs, wanted, grads, allow_unused=True, materialize_grads=True)
+
+
 def grid_sample_gradients(input, grid, **kwargs):
-    """The gradients of grid_sample_3d for a fixed output gradient: its fused backward op, reached
-    through autograd (the op has no public function of its own)."""
-    input, grid = (v.detach().requires_grad_() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
-                   for v in (input, grid))
-    out = dgm_fast.grid_sample_3d(input, grid, **kwargs)
-    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(out)
-    return torch.autograd.grad(out, (input, grid), grad, allow_unused=True, materialize_grads=True)
+    """The gradients of grid_sample_3d's input and grid for a fixed output gradient."""
+    return fixed_gradients(lambda i, g: dgm_fast.grid_sample_3d(i, g, **kwargs), input, grid)
 
 
 GRID_SAMPLE_OPTIONS = st.fixed_dictionaries(dict(
@@ -498,13 +507,9 @@ def run_keypoint_warp(feature, kp_source, kp_driving, mask, jacobian, gradients,
     gradients instead (its fused backward op, reached through autograd)."""
     if not gradients:
         return dgm_fast.keypoint_warp_3d(feature, kp_source, kp_driving, mask, jacobian=jacobian, **kwargs)
-    inputs = [v.detach().requires_grad_() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
-              for v in (feature, kp_source, kp_driving, mask, jacobian)]
-    out = dgm_fast.keypoint_warp_3d(*inputs[:4], jacobian=inputs[4], return_deformation=True, **kwargs)
-    gen = torch.Generator().manual_seed(1)
-    grads = [torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o) for o in out]
-    wanted = [v for v in inputs if isinstance(v, torch.Tensor)]
-    return torch.autograd.grad(out, wanted, grads, allow_unused=True, materialize_grads=True)
+    return fixed_gradients(
+        lambda f, s, d, m, j: dgm_fast.keypoint_warp_3d(f, s, d, m, jacobian=j, return_deformation=True, **kwargs),
+        feature, kp_source, kp_driving, mask, jacobian)
 
 
 def keypoint_warp_valid(gradients: bool) -> Callable:
@@ -579,12 +584,8 @@ def run_motion_features(feature, kp_source, kp_driving, jacobian, gradients, **k
     gradient instead (its fused backward op, reached through autograd)."""
     if not gradients:
         return dgm_fast.sparse_motion_features(feature, kp_source, kp_driving, jacobian=jacobian, **kwargs)
-    inputs = [v.detach().requires_grad_() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
-              for v in (feature, kp_source, kp_driving, jacobian)]
-    out = dgm_fast.sparse_motion_features(*inputs[:3], jacobian=inputs[3], **kwargs)
-    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(out)
-    wanted = [v for v in inputs if isinstance(v, torch.Tensor)]
-    return torch.autograd.grad(out, wanted, grad, allow_unused=True, materialize_grads=True)
+    return fixed_gradients(lambda f, s, d, j: dgm_fast.sparse_motion_features(f, s, d, jacobian=j, **kwargs),
+                           feature, kp_source, kp_driving, jacobian)
 
 
 def motion_features_valid(gradients: bool) -> Callable:

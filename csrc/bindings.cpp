@@ -14,6 +14,7 @@
 #include "below_autograd_call.h"
 #include "cpu/coupling.h"
 #include "cpu/coupling_flow.h"
+#include "cpu/ebm.h"
 #include "cpu/langevin.h"
 #include "cpu/warp.h"
 #include "ops.h"
@@ -116,6 +117,35 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "the instruction set the fused flow's tiles run with (\"avx2\" or \"portable\")");
   m.def("set_coupling_flow_portable", &dgm_fast::set_coupling_flow_portable,
         "run the fused flow's portable tiles even where AVX2 is present (tests)");
+  m.def(
+      "mlp_energy_grad_cpu",
+      [](const at::Tensor& x, const Tensors& weights, const Tensors& biases, at::Tensor& energy, at::Tensor& grad,
+         int64_t activation, double negative_slope) {
+        dgm_fast::mlp_energy_grad_cpu(x, weights, biases, energy, grad, activation, negative_slope);
+      },
+      py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "mlp_energy_laplacian_cpu",
+      [](const at::Tensor& x, const Tensors& weights, const Tensors& biases, at::Tensor& grad, at::Tensor& trace,
+         int64_t activation, double negative_slope) {
+        dgm_fast::mlp_energy_laplacian_cpu(x, weights, biases, grad, trace, activation, negative_slope);
+      },
+      py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "mlp_energy_sample_cpu",
+      [](const at::Tensor& x0, const Tensors& weights, const Tensors& biases, at::Tensor& out, int64_t activation,
+         double negative_slope, int64_t n_steps, double step_size, double noise_scale, double prior_weight,
+         double grad_clip, double clamp_lo, double clamp_hi, int64_t seed, int64_t offset) {
+        // seed arrives as the two's-complement int64 of a seed in [0, 2^64)
+        dgm_fast::mlp_energy_sample_cpu(
+            x0, weights, biases, out, activation, negative_slope, n_steps,
+            LangevinParams{step_size, noise_scale, prior_weight, grad_clip, clamp_lo, clamp_hi,
+                           static_cast<uint64_t>(seed), static_cast<uint64_t>(offset)});
+      },
+      py::call_guard<py::gil_scoped_release>());
+  m.def("ebm_isa", &dgm_fast::ebm_isa, "the instruction set the MLP energy's tiles run with (\"avx2\" or \"portable\")");
+  m.def("set_ebm_portable", &dgm_fast::set_ebm_portable,
+        "run the MLP energy's portable tiles even where AVX2 is present (tests)");
   m.def("grid_sample_3d_cpu", &dgm_fast::grid_sample_3d_cpu, py::call_guard<py::gil_scoped_release>());
   m.def("grid_sample_3d_backward_cpu", &dgm_fast::grid_sample_3d_backward_cpu,
         py::call_guard<py::gil_scoped_release>());

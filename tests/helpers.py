@@ -19,6 +19,7 @@ import dgm_fast
 from dgm_fast.coupling.functional import coupling_args
 from dgm_fast.coupling.reference import SCALES, coupling_flow_reference
 from dgm_fast.langevin.functional import step_args
+from dgm_fast.philox import signed_seed
 from dgm_fast.warp.reference import PADDING_MODES
 
 # float32 kernels differ from the references by the rounding of log/sin/cos
@@ -293,6 +294,79 @@ def _motion_feature_backward_samples(device, dtype) -> list[tuple]:
     return out
 
 
+def mlp_parameters(dims, dtype=torch.float64, device="cpu", *, seed=0, layout="contiguous"):
+    """weights ((out, in), as nn.Linear) and biases of an MLP energy of widths ``dims``: N(0, 1 / fan_in)
+    weights, so pre-activations stay O(1) at any width; ``layout="transposed"`` gives the weights as
+    transposed views (the kernels must read or copy them)."""
+    gen = torch.Generator().manual_seed(seed)
+    weights, biases = [], []
+    for a, b in zip(dims[:-1], dims[1:]):
+        w = torch.randn((a, b) if layout == "transposed" else (b, a), generator=gen, dtype=torch.float64) / a**0.5
+        weights.append((w.mT if layout == "transposed" else w).to(device, dtype))
+        biases.append((0.5 * torch.randn(b, generator=gen, dtype=torch.float64)).to(device, dtype))
+    return weights, biases
+
+
+# (batch, dims, activation, negative_slope, x layout, weight layout, x scale): every activation, two
+# slopes, an empty batch, a single row, no hidden layer (dims (d, 1); also with a single row, where
+# dE/dx is the last weight itself), odd widths, the 2-D toy energy's depth, strided, transposed and
+# expanded x, transposed weights, and softplus past its linear threshold (h > 20)
+MLP_CONFIGS = [
+    (5, (3, 7, 5, 1), "swish", 0.2, "contiguous", "contiguous", 1.0),
+    (4, (2, 1), "leaky_relu", 0.2, "contiguous", "contiguous", 1.0),
+    (2, (2, 2, 1), "swish", 0.2, "contiguous", "contiguous", 1.0),  # gradcheck's: 13 inputs, ~100 forwards
+    (0, (4, 5, 1), "relu", 0.2, "contiguous", "contiguous", 1.0),
+    (9, (5, 11, 6, 1), "leaky_relu", 0.01, "strided", "transposed", 1.0),  # the one with every option
+    (7, (3, 13, 1), "softplus", 0.2, "contiguous", "contiguous", 30.0),
+    (6, (4, 9, 9, 1), "relu", 0.2, "expanded", "contiguous", 1.0),
+    (1, (3, 1), "softplus", 0.2, "contiguous", "transposed", 1.0),  # dE/dx is the weight row: copied
+    (33, (2, 16, 16, 16, 1), "swish", 0.2, "transposed", "contiguous", 2.0),
+]
+
+
+def _mlp_input(batch, dims, layout, scale, dtype, device, seed):
+    if layout == "expanded":  # every row the same storage: (batch, d) with stride (0, 1)
+        return make_tensor((1, dims[0]), dtype, device, scale=scale, seed=seed).expand(batch, dims[0])
+    return make_tensor((batch, dims[0]), dtype, device, layout=layout, scale=scale, seed=seed)
+
+
+def _mlp_samples(device, dtype) -> list[tuple]:
+    """(x, weights, biases, activation, negative_slope) of MLP_CONFIGS; the ops are float32/64 only."""
+    if dtype not in (torch.float32, torch.float64):
+        return []
+    return [(_mlp_input(batch, dims, x_layout, scale, dtype, device, seed=i),
+             *mlp_parameters(dims, dtype, device, seed=i, layout=w_layout), act, slope)
+            for i, (batch, dims, act, slope, x_layout, w_layout, scale) in enumerate(MLP_CONFIGS)]
+
+
+def _mlp_sample_samples(device, dtype) -> list[tuple]:
+    """(x0, weights, biases, activation, negative_slope, n_steps, *StepArgs) of MLP_CONFIGS (a few
+    steps each), over every option of the step: noise off, prior, clip, clamp, offsets, the largest
+    seed, a seed tensor (what a compiled call passes), zero steps."""
+    options = [
+        dict(),
+        dict(noise_scale=0.0),
+        dict(prior_weight=1.0, grad_clip=0.5),
+        dict(noise_scale=0.3, clamp=(-1.0, 1.5)),
+        dict(noise_scale=0.3, prior_weight=1.0, grad_clip=2.0, clamp=(-0.5, 0.5), seed=2**64 - 12345,
+             offset=2**33 + 1),
+        dict(prior_weight=-0.5, offset=3),
+        dict(grad_clip=0.0, step_size=0.5),  # every gradient clipped away: noise and prior only
+        dict(seed_tensor=True, noise_scale=0.5),
+        dict(n_steps=0),  # the last: opcheck checks that the result does not alias x0
+    ]
+    samples = []
+    for i, (x, weights, biases, act, slope) in enumerate(_mlp_samples(device, dtype)):
+        kw = dict(n_steps=3, step_size=0.1, noise_scale=None, prior_weight=0.0, grad_clip=None, clamp=None,
+                  seed=1234, offset=0, seed_tensor=False) | options[i]
+        n_steps, step_size, seed_tensor = kw.pop("n_steps"), kw.pop("step_size"), kw.pop("seed_tensor")
+        step = step_args(x, x, step_size, **kw)
+        if seed_tensor:  # a seed past 2**63: a negative int64
+            step = step._replace(seed=0, seed_tensor=torch.tensor(signed_seed(2**63 + 987654321)))
+        samples.append((x, weights, biases, act, slope, n_steps, *step))
+    return samples
+
+
 OP_SAMPLES = {
     "sparse_motion_features": _motion_feature_samples,
     "sparse_motion_features_backward": _motion_feature_backward_samples,
@@ -306,6 +380,9 @@ OP_SAMPLES = {
     "affine_coupling_backward": _coupling_backward_samples,
     "langevin_step": _langevin_samples,
     "langevin_step_": _langevin_samples,
+    "mlp_energy_grad": _mlp_samples,
+    "mlp_energy_laplacian": _mlp_samples,
+    "mlp_energy_sample": _mlp_sample_samples,
 }
 
 

@@ -22,8 +22,10 @@ from hypothesis import strategies as st
 import dgm_fast
 from dgm_fast import _op
 from dgm_fast.coupling.reference import ACTIVATIONS, SCALES
+from dgm_fast.ebm import mlp_energy_grad, mlp_energy_laplacian, mlp_energy_sample
+from dgm_fast.ebm.reference import ACTIVATIONS as EBM_ACTIVATIONS
 from dgm_fast.nn import CouplingFlow
-from helpers import TOL, dtypes_for, significant_strides
+from helpers import TOL, dtypes_for, mlp_parameters, significant_strides
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 NATIVE_CASES = [(op.name, d, b) for op in _op.registered_ops() for d in DEVICES
@@ -634,6 +636,132 @@ def motion_features_invalid(gradients: bool) -> Callable:
     return cases
 
 
+# --- MLP energies ------------------------------------------------------------------
+def _last_weight_a_vector(w, b):
+    w[-1] = w[-1].reshape(-1)
+    return w, b
+
+
+def _first_bias_too_long(w, b):
+    b[0] = torch.cat([b[0], b[0][:1]])
+    return w, b
+
+
+def _first_weight_other_dtype(w, b):
+    w[0] = w[0].to(torch.float64 if w[0].dtype == torch.float32 else torch.float32)
+    return w, b
+
+
+def _last_bias_integer(w, b):
+    b[-1] = b[-1].long()
+    return w, b
+
+
+# bad weight or bias lists: kind -> (the argument the message starts with, "{last}" standing for the
+# last layer's index; the exception; the corruption of (weights, biases))
+_BAD_MLP_PARAMETERS = {
+    "weights_a_tensor": ("weights", TypeError, lambda w, b: (w[0], b)),
+    "biases_a_str": ("biases", TypeError, lambda w, b: (w, "b")),
+    "no_layers": ("weights", ValueError, lambda w, b: ([], [])),
+    "a_bias_missing": ("weights", ValueError, lambda w, b: (w, b[:-1])),  # "weights and biases must ..."
+    "last_weight_a_vector": ("weights[{last}]", ValueError, _last_weight_a_vector),
+    "first_bias_too_long": ("biases[0]", ValueError, _first_bias_too_long),
+    "first_weight_other_dtype": ("weights[0]", TypeError, _first_weight_other_dtype),
+    "last_bias_integer": ("biases[{last}]", TypeError, _last_bias_integer),
+}
+
+
+def run_mlp(fn, x, dims, parameter_seed, weight_layout, bad, /, *args, **kwargs):
+    """``fn(x, weights, biases, *args, **kwargs)`` with an MLP energy of widths ``dims`` (weights and
+    biases from ``parameter_seed``, in ``x``'s dtype and device, laid out as ``weight_layout``:
+    "contiguous" or "transposed"), made bad first by ``_BAD_MLP_PARAMETERS[bad]`` if ``bad`` is given."""
+    ok = isinstance(x, torch.Tensor) and x.dtype in (torch.float32, torch.float64)
+    weights, biases = mlp_parameters(dims, x.dtype if ok else torch.float32, x.device if ok else "cpu",
+                                     seed=parameter_seed, layout=weight_layout)
+    if bad is not None:
+        weights, biases = _BAD_MLP_PARAMETERS[bad][2](weights, biases)
+    return fn(x, weights, biases, *args, **kwargs)
+
+
+# a chain's options: STEP_OPTIONS with a moderate prior weight (at 1e30 float32 chains overflow where
+# two correct summation orders differ)
+CHAIN_OPTIONS = st.tuples(STEP_OPTIONS, st.sampled_from([0.0, 1.0]) | st.floats(-2.0, 2.0)).map(
+    lambda t: t[0] | dict(prior_weight=t[1]))
+
+
+def mlp_valid(fn: Callable) -> Callable:
+    @st.composite
+    def cases(draw, device: str, backend: str) -> Case:
+        """0 to 3 hidden layers of odd and even widths, an empty batch one time in eight, every layout
+        of x, transposed weights; moderate x (at scale 30 softplus is past its linear threshold) with
+        non-finite values planted; every activation, slope and chain option."""
+        dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+        batch = draw(st.integers(1, 17)) if draw(st.integers(0, 7)) else 0
+        dims = (draw(st.integers(1, 6)), *(draw(st.integers(1, 20)) for _ in range(draw(st.integers(0, 3)))), 1)
+        x = draw(tensor_specs((batch, dims[0]), dtype, device))
+        x = replace(x, scale=draw(st.sampled_from([1.0, 1e-3, 3.0, 30.0])),
+                    specials=tuple((i, v) for i, v in x.specials if not math.isfinite(v)))
+        kwargs = dict(activation=draw(st.sampled_from(EBM_ACTIVATIONS)),
+                      negative_slope=draw(st.sampled_from([0.2, 0.01, 0.0, 1.0]) | st.floats(-2.0, 2.0)))
+        if fn is mlp_energy_sample:
+            # steps up to 1, noise up to 2: float32 rounding grows at most a few times over the chain
+            kwargs |= dict(n_steps=draw(st.integers(0, 4)), step_size=draw(st.floats(0.0, 1.0, exclude_min=True)),
+                           noise_scale=draw(st.none() | st.just(0.0) | st.floats(0.0, 2.0)), **draw(CHAIN_OPTIONS))
+        layout = draw(st.sampled_from(["contiguous", "transposed"]))
+        return Case(run_mlp, (fn, x, dims, draw(st.integers(0, 2**31)), layout, None), kwargs)
+
+    return cases
+
+
+_BAD_MLP_SCALARS = {
+    "activation": st.tuples(st.sampled_from(["gelu", "Swish", "silu", ""]), st.just(ValueError))
+                  | st.tuples(st.sampled_from([None, 0, ("swish",)]), st.just(TypeError)),
+    "negative_slope": st.tuples(st.sampled_from([math.inf, -math.inf, math.nan]), st.just(ValueError))
+                      | st.tuples(_NOT_REAL | st.none(), st.just(TypeError)),
+}
+_BAD_CHAIN_SCALARS = _BAD_MLP_SCALARS | _BAD_STEP_ARGS | {
+    "n_steps": st.tuples(st.integers(max_value=-1), st.just(ValueError))
+               | st.tuples(_NOT_INT | st.none(), st.just(TypeError)),
+}
+
+
+def mlp_invalid(fn: Callable) -> Callable:
+    @st.composite
+    def cases(draw, device: str, backend: str) -> Case:
+        """One bad argument: x (dtype, rank, not a tensor), x's width or the last layer's, the weight
+        and bias lists, or a scalar."""
+        x_name = "x0" if fn is mlp_energy_sample else "x"
+        batch, dims = draw(st.integers(0, 9)), (3, *(draw(st.integers(1, 7)) for _ in range(draw(st.integers(0, 2)))), 1)
+        x = TensorSpec((batch, 3), torch.float32, device=device)
+        kwargs = dict(activation=draw(st.sampled_from(EBM_ACTIVATIONS)), negative_slope=0.2)
+        if fn is mlp_energy_sample:
+            kwargs |= dict(n_steps=draw(st.integers(0, 3)), step_size=0.1)
+        bad, what = None, draw(st.sampled_from(["x", "x_width", "energy_width", "parameters", "scalar"]))
+        if what == "x":
+            name = x_name
+            x, error = draw(st.sampled_from([
+                (replace(x, dtype=torch.float16), TypeError), (replace(x, dtype=torch.int64), TypeError),
+                (replace(x, shape=(batch * 3,)), ValueError), (replace(x, shape=(1, batch, 3)), ValueError),
+                ([[0.0] * 3] * batch, TypeError),
+            ]))
+        elif what == "x_width":
+            name, error = "weights[0]", ValueError
+            x = replace(x, shape=(batch, draw(st.sampled_from([1, 2, 4, 7]))))
+        elif what == "energy_width":  # not one output: not a scalar energy
+            name, error = "weights[-1]", ValueError
+            dims = (*dims[:-1], draw(st.sampled_from([0, 2, 3])))
+        elif what == "parameters":
+            bad = draw(st.sampled_from(sorted(_BAD_MLP_PARAMETERS)))
+            name, error, _ = _BAD_MLP_PARAMETERS[bad]
+            name = name.format(last=len(dims) - 2)
+        else:
+            scalars = _BAD_CHAIN_SCALARS if fn is mlp_energy_sample else _BAD_MLP_SCALARS
+            name = draw(st.sampled_from(sorted(scalars)))
+            kwargs[name], error = draw(scalars[name])
+        return Case(run_mlp, (fn, x, dims, 0, "contiguous", bad), kwargs, error, name)
+
+    return cases
+
 # op name -> (device, backend) -> strategy of Cases; a new op family adds its entries here
 VALID = {
     "langevin_step": langevin_valid(dgm_fast.langevin_step),
@@ -648,6 +776,9 @@ VALID = {
     "keypoint_warp_3d_backward": keypoint_warp_valid(gradients=True),
     "sparse_motion_features": motion_features_valid(gradients=False),
     "sparse_motion_features_backward": motion_features_valid(gradients=True),
+    "mlp_energy_grad": mlp_valid(mlp_energy_grad),
+    "mlp_energy_laplacian": mlp_valid(mlp_energy_laplacian),
+    "mlp_energy_sample": mlp_valid(mlp_energy_sample),
 }
 INVALID = {
     "langevin_step": langevin_invalid(dgm_fast.langevin_step),
@@ -662,6 +793,9 @@ INVALID = {
     "keypoint_warp_3d_backward": keypoint_warp_invalid(gradients=True),
     "sparse_motion_features": motion_features_invalid(gradients=False),
     "sparse_motion_features_backward": motion_features_invalid(gradients=True),
+    "mlp_energy_grad": mlp_invalid(mlp_energy_grad),
+    "mlp_energy_laplacian": mlp_invalid(mlp_energy_laplacian),
+    "mlp_energy_sample": mlp_invalid(mlp_energy_sample),
 }
 
 

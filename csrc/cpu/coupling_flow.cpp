@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "cpu/coupling_math.h"
+#include "cpu/tile_scheduling.h"
 #include "ops.h"
 
 namespace dgm_fast {
@@ -197,36 +198,6 @@ struct Acts {
   }
 };
 
-// Per-thread scratch, carved out of one allocation (64-byte aligned: each
-// piece is a multiple of kRows elements).
-template <typename T>
-struct Scratch {
-  at::Tensor buf;
-  int64_t per_thread;
-  Scratch(int64_t per_thread, int64_t threads)
-      : buf(at::empty({per_thread * threads + 64 / static_cast<int64_t>(sizeof(T))},
-                      at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value))),
-        per_thread(per_thread) {}
-  T* of(int64_t thread) const {
-    T* base = buf.data_ptr<T>();
-    const auto addr = reinterpret_cast<uintptr_t>(base);
-    return base + ((64 - addr % 64) % 64) / sizeof(T) + thread * per_thread;
-  }
-};
-
-template <typename Fn>
-void over_tiles(int64_t rows, Fn&& fn) {
-  // Each thread takes the next tile until none is left, rather than a fixed share: on a
-  // shared machine a thread whose core is busy then takes fewer tiles instead of holding
-  // up the call (a static split made 2-thread calls up to 100x slower here).
-  const int64_t tiles = (rows + kRows - 1) / kRows;
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, std::min<int64_t>(tiles, at::get_num_threads()), 1, [&](int64_t, int64_t) {
-    const int64_t thread = at::get_thread_num();
-    for (int64_t t = next++; t < tiles; t = next++) fn(thread, t * kRows, std::min(kRows, rows - t * kRows));
-  });
-}
-
 // What every tile of one call reads.
 template <typename T>
 struct Call {
@@ -240,7 +211,7 @@ struct Call {
   T* saved;
   int64_t rows;
   bool store, inverse;
-  const Scratch<T>& scratch;
+  const cpu::Scratch<T>& scratch;
   int64_t tile_size = 0;  // backward: the tile part of a thread's scratch; its parameter gradients follow
   std::vector<int64_t> grad_offset = {};
 };
@@ -252,11 +223,13 @@ struct Call {
 namespace avx2 {
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
+#include "cpu/tile_products.h"
 #include "cpu/coupling_flow_tiles.h"
 #pragma GCC pop_options
 }  // namespace avx2
 #endif
 namespace portable {
+#include "cpu/tile_products.h"
 #include "cpu/coupling_flow_tiles.h"
 }  // namespace portable
 
@@ -288,10 +261,10 @@ void flow_forward(const Flow& f, const at::Tensor& z, at::Tensor& u, at::Tensor&
   const int64_t rows = z.size(0);
   const Layout layout(f, rows, store);
   TORCH_CHECK(inverse || saved.numel() == layout.size, "coupling_flow: saved must have ", layout.size, " elements");
-  const Scratch<T> scratch((f.dim + std::max(f.max_act_rows(0), f.max_act_rows(1))) * kRows, at::get_num_threads());
+  const cpu::Scratch<T> scratch((f.dim + std::max(f.max_act_rows(0), f.max_act_rows(1))) * kRows, at::get_num_threads());
   const Call<T> call{f, Params<T>(f), layout, z.const_data_ptr<T>(), nullptr, u.data_ptr<T>(), logdet.data_ptr<T>(),
                      inverse ? nullptr : saved.data_ptr<T>(), rows, store, inverse, scratch};
-  over_tiles(rows, [&](int64_t thread, int64_t r0, int64_t n) { run_tile<false>(call, thread, r0, n); });
+  cpu::over_tiles(rows, kRows, [&](int64_t thread, int64_t r0, int64_t n) { run_tile<false>(call, thread, r0, n); });
 }
 
 template <typename T>
@@ -313,13 +286,13 @@ void flow_backward(const Flow& f, const at::Tensor& grad_u, const at::Tensor& gr
       grad_offset.push_back(std::exchange(grad_size, grad_size + g.numel()));
     }
   }
-  const Scratch<T> scratch(tile_size + (grad_size + kRows - 1) / kRows * kRows, threads);
+  const cpu::Scratch<T> scratch(tile_size + (grad_size + kRows - 1) / kRows * kRows, threads);
   for (int64_t t = 0; t < threads; ++t) std::fill_n(scratch.of(t) + tile_size, grad_size, T(0));
   Call<T> call{f, Params<T>(f), layout, grad_u.const_data_ptr<T>(), grad_logdet.const_data_ptr<T>(),
                grad_z.data_ptr<T>(), nullptr, const_cast<T*>(saved.const_data_ptr<T>()), rows, store, false, scratch};
   call.tile_size = tile_size;
   call.grad_offset = grad_offset;
-  over_tiles(rows, [&](int64_t thread, int64_t r0, int64_t n) { run_tile<true>(call, thread, r0, n); });
+  cpu::over_tiles(rows, kRows, [&](int64_t thread, int64_t r0, int64_t n) { run_tile<true>(call, thread, r0, n); });
   // the threads' sums, in thread order
   const int64_t n_w = static_cast<int64_t>(grad_weights.size());
   for (int64_t i = 0; i < static_cast<int64_t>(grad_offset.size()); ++i) {

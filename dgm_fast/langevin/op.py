@@ -44,7 +44,7 @@ def _reference(x: Tensor, grad: Tensor, *scalars) -> Tensor:
                                    a.seed, a.offset, a.seed_tensor)
 
 
-def _kernel_scalars(*scalars) -> tuple:
+def step_kernel_scalars(*scalars) -> tuple:
     """StepArgs without ``seed_tensor``, which replaces ``seed`` if given (positions: StepArgs)."""
     *coefs, seed, offset, seed_tensor = scalars
     return (*coefs, seed if seed_tensor is None else int(seed_tensor), offset)
@@ -84,10 +84,10 @@ def _backward(ctx, grad_out):
 
 STEP = FusedOp(
     "langevin", "langevin_step", f"(Tensor x, {SCHEMA_ARGS}) -> Tensor",
-    reference=_reference, outputs=lambda x, *_: [empty_output(x)], kernel_scalars=_kernel_scalars,
+    reference=_reference, outputs=lambda x, *_: [empty_output(x)], kernel_scalars=step_kernel_scalars,
     setup_context=_setup_context, backward=_backward,
 )
 STEP_ = FusedOp(
     "langevin", "langevin_step_", f"(Tensor(a!) x, {SCHEMA_ARGS}) -> ()",
-    reference=_reference, mutates="x", kernel_name="langevin_step", kernel_scalars=_kernel_scalars,
+    reference=_reference, mutates="x", kernel_name="langevin_step", kernel_scalars=step_kernel_scalars,
 )

@@ -1,4 +1,4 @@
-"""The dgm-fast command: demo, warp, bench and info.
+"""The dgm-fast command: demo, ebm, warp, bench and info.
 
 Every check that needs no work (output folders, device, installed tools)
 runs before the work starts and fails as a one-line usage error (exit 2).
@@ -34,6 +34,16 @@ def _demo(args: argparse.Namespace) -> None:
 
     out = _output_dir(args.cmd_parser, "--out", args.out)
     run_demo(out, mode=args.mode, seed=args.seed)
+
+
+def _ebm(args: argparse.Namespace) -> None:
+    from dgm_fast.demo.run import run_ebm
+
+    out = _output_dir(args.cmd_parser, "--out", args.out)
+    result = run_ebm(out, mode=args.mode, seed=args.seed)
+    figures = [*result["toy"]["figures"].values(), result["booster"]["figure"]]
+    figures += [result["digits_booster"]["figure"]] if "digits_booster" in result else []
+    print(f"\nwrote {', '.join(figures)} and {result['metrics_json']}")
 
 
 def _warp(args: argparse.Namespace) -> None:
@@ -98,12 +108,12 @@ def _add_demo(sub) -> None:
 
     demo = sub.add_parser(
         "demo", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        help=f"train toy EBMs with noisy and noise-free Langevin dynamics (dissertation §2.4.6) and GLF vs "
-             f"regularized GLF vs VAE + flow prior on digits (§3.2), then warp a head volume by keypoints (§4.3), "
+        help=f"train toy EBMs with noisy and noise-free Langevin dynamics and the generator loss (dissertation "
+             f"§2.4.6) and boost a toy VAE with a latent EBM (§3.3), train GLF vs regularized GLF vs VAE + flow "
+             f"prior on digits (§3.2), then warp a head volume by keypoints (§4.3), "
              f"{MODES['default'].duration} on 2 CPU cores",
-        description="Train energy-based models on the 9-Gaussian grid and the Swiss roll with short-run noisy "
-                    "(2.15) and noise-free (2.20) dynamics, score them by MMD and plot samples and -E "
-                    "(ebm_toy.png); then train GLF (3.3), regularized GLF (3.2) and a VAE with a flow prior "
+        description="Run the EBM part (see dgm-fast ebm: ebm_*.png); "
+                    "then train GLF (3.3), regularized GLF (3.2) and a VAE with a flow prior "
                     "(3.1) on scikit-learn's digits, score them by Fréchet distance and precision/recall in a "
                     "digit classifier's features and by the flow's test NLL, and plot samples, their nearest "
                     "training digits and interpolations (glf_*.png); then run the warp part (see dgm-fast warp: "
@@ -112,8 +122,9 @@ def _add_demo(sub) -> None:
     )
     demo.add_argument("--out", type=Path, default=Path("demo_out"), help="folder for the figure and metrics")
     _add_mode_options(demo, quick=f"a smoke test that still shows the modes ({MODES['quick'].duration})",
-                      full=f"the dissertation's setting, appendix 2.4.7 ({MODES['full'].duration})",
-                      seed="seed of torch's generator (data, starts, noise)")
+                      full=f"the dissertation's settings: appendix 2.4.7's EBMs, §3.3.4's booster networks and the "
+                           f"digits booster, GLF's 28 px auto-encoder ({MODES['full'].duration})",
+                      seed="seed of torch's generator (weights, data, starts, noise)")
     demo.set_defaults(run=_demo, cmd_parser=demo)
 
 
@@ -127,6 +138,29 @@ def _add_mode_options(parser: argparse.ArgumentParser, *, quick: str, full: str,
     length.add_argument("--full", dest="mode", action="store_const", const="full", default=argparse.SUPPRESS,
                         help=full)
     parser.add_argument("--seed", type=_seed, default=0, help=seed)
+
+
+def _add_ebm(sub) -> None:
+    from dgm_fast.demo.run import MODES, describe_ebm
+
+    ebm = sub.add_parser(
+        "ebm", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="the demo's energy-based-model part: toy EBMs with noisy and noise-free dynamics and the generator "
+             "loss (dissertation §2.4), their ODE-flow densities, and the latent EBM booster (§3.3)",
+        description="Train EBMs on the 9-Gaussian grid and the Swiss roll with short-run noisy (2.15) and "
+                    "noise-free (2.20) dynamics by (2.13), and noise-free with the generator loss (2.25); score "
+                    "their samples by MMD and their ODE flows (2.16) by test log-likelihood (2.19); plot samples, "
+                    "-E and the flows' densities (ebm_toy.png, ebm_flow_density.png). Then boost toy VAEs with a "
+                    "latent EBM (3.6)-(3.8) (ebm_booster.png; with --full also GLF on the digits, "
+                    "ebm_booster_digits.png). Scores in ebm_metrics.json, written after each part. Takes "
+                    f"most of the demo's {MODES['default'].duration} on 2 CPU cores.",
+    )
+    ebm.add_argument("--out", type=Path, default=Path("demo_out"), help="folder for the figures and metrics")
+    _add_mode_options(ebm, quick=f"small budgets, a smoke test: {describe_ebm('quick')}",
+                      full=f"appendix 2.4.7's EBMs and §3.3.4's booster networks, and the digits booster "
+                           f"({MODES['full'].duration} for the whole demo)",
+                      seed="seed of torch's generator (weights, data, starts, noise)")
+    ebm.set_defaults(run=_ebm, cmd_parser=ebm)
 
 
 def _add_warp(sub) -> None:
@@ -183,8 +217,9 @@ def _add_info(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dgm-fast", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"dgm-fast {dgm_fast.__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,warp,bench,info}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,ebm,warp,bench,info}")
     _add_demo(sub)
+    _add_ebm(sub)
     _add_warp(sub)
     _add_bench(sub)
     _add_info(sub)

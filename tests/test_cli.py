@@ -1,4 +1,4 @@
-"""The dgm-fast command: one-line usage errors before any work, --help, --version, info, demo output."""
+"""The dgm-fast command: one-line usage errors before any work, --help, --version, info, demo and ebm output."""
 
 import importlib.util
 import json
@@ -31,12 +31,18 @@ def _no_work(*args, **kwargs):
 
 TINY_WARP = replace(warp_head.MODES["quick"], figure_size=(6, 12, 12), timing_channels=2, timing_size=(4, 6, 6),
                     repeats=1)
+TINY_DEMO = demo_run.DemoConfig(TrainConfig(n_iters=2, batch_size=16), hidden=8, depth=1, n_eval=50, resolution=8,
+                                n_loglik=20, density_resolution=6,
+                                booster=demo_run.BoosterConfig(8, 2, 4, TrainConfig(n_iters=2, batch_size=16)),
+                                duration="a moment")
+EBM_FILES = ("ebm_toy.png", "ebm_flow_density.png", "ebm_booster.png", "ebm_metrics.json")
 
 
 @pytest.fixture
 def no_work(monkeypatch):
-    """Fail if the demo, the warp demo or the benchmark suite starts."""
+    """Fail if the demo, its EBM part, the warp demo or the benchmark suite starts."""
     monkeypatch.setattr(dgm_fast.demo, "run_demo", _no_work)
+    monkeypatch.setattr(demo_run, "run_ebm", _no_work)
     monkeypatch.setattr(warp_head, "run_warp", _no_work)
     monkeypatch.setattr(benchmark, "run_bench", _no_work)
 
@@ -69,6 +75,29 @@ def test_demo_out_under_a_file_is_a_usage_error(capsys, no_work, a_file):
 
 def test_demo_out_that_is_a_file_is_a_usage_error(capsys, no_work, a_file):
     assert "not a folder" in _usage_error(capsys, ["demo", "--out", str(a_file)])
+
+
+def test_ebm_out_that_is_a_file_is_a_usage_error(capsys, no_work, a_file):
+    assert "--out" in _usage_error(capsys, ["ebm", "--out", str(a_file)])
+
+
+@pytest.mark.parametrize("argv,wanted", [(["--seed", "-1"], "--seed: must be a non-negative integer"),
+                                         (["--quick", "--full"], "not allowed with argument"),
+                                         (["--steps", "3"], "unrecognized arguments")])
+def test_ebm_bad_options_are_usage_errors(capsys, no_work, argv, wanted):
+    assert wanted in _usage_error(capsys, ["ebm", *argv])
+
+
+def test_ebm_writes_its_figures_and_metrics_and_prints_where(capsys, monkeypatch, tmp_path):
+    monkeypatch.setitem(demo_run.MODES, "quick", TINY_DEMO)
+    main(["ebm", "--quick", "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    for name in EBM_FILES:
+        assert (tmp_path / name).stat().st_size > 0
+        assert str(tmp_path.resolve() / name) in printed
+    saved = json.loads((tmp_path / "ebm_metrics.json").read_text())
+    assert set(saved["toy"]["scores"]) == {"9-gaussians", "swiss-roll"} and "booster" in saved
+    assert "MMD²" in printed and "log-likelihood" in printed and "best:" in printed
 
 
 def test_warp_out_that_is_a_file_is_a_usage_error(capsys, no_work, a_file):
@@ -129,7 +158,7 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == f"dgm-fast {dgm_fast.__version__}"
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["warp"], ["bench"], ["info"]])
+@pytest.mark.parametrize("command", [[], ["demo"], ["ebm"], ["warp"], ["bench"], ["info"]])
 def test_help_is_plain_text(capsys, command):
     with pytest.raises(SystemExit):
         main([*command, "--help"])
@@ -172,15 +201,13 @@ def test_info_json_says_why_a_backend_is_missing(capsys):
 
 
 def test_demo_writes_its_files_and_prints_where(capsys, monkeypatch, tmp_path):
-    tiny = demo_run.DemoConfig(TrainConfig(n_iters=2, batch_size=16), hidden=8, depth=1, n_eval=50,
-                               resolution=8, duration="a moment")
-    monkeypatch.setitem(demo_run.MODES, "quick", tiny)
+    monkeypatch.setitem(demo_run.MODES, "quick", TINY_DEMO)
     monkeypatch.setitem(glf_digits.MODES, "quick", replace(glf_digits.MODES["quick"], epochs=1, classifier_epochs=1))
     monkeypatch.setitem(warp_head.MODES, "quick", TINY_WARP)
     out = tmp_path / "new" / "folder"
     main(["demo", "--quick", "--out", str(out)])
     printed = capsys.readouterr().out
-    for name in ("ebm_toy.png", "glf_samples.png", "warp_head.png", "metrics.json"):
+    for name in (*EBM_FILES[:-1], "glf_samples.png", "warp_head.png", "metrics.json"):
         assert (out / name).stat().st_size > 0
         assert str(out.resolve() / name) in printed
 

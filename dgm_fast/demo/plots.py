@@ -1,4 +1,5 @@
-"""The demo's figures, each with a caption: EBM samples and -E heat maps (Figures 2.1 / 2.2), and
+"""The demo's figures, each with a caption: EBM samples and -E heat maps (Figures 2.1 / 2.2), rows of
+2-D samples (the latent EBM booster, Figure 3.9), and
 GLF's digit samples, nearest training neighbours (Figure 3.3) and noise interpolations (Figure 3.2(f)),
 and the keypoint-driven warp of a head volume (§4.3.3)."""
 
@@ -54,9 +55,27 @@ def plot_toy_results(rows: list[dict], path: Path, caption: str) -> Path:
             res = row[dyn]
             _scatter(ax_row[1 + 2 * j], res["samples"], f"{dyn} samples (MMD² {res['mmd2']:.4f})")
             _heat_map(fig, ax_row[2 + 2 * j], res["neg_energy"], f"−E, trained with {dyn}")
-    for ax in axes.flat:
-        ax.set(xlim=(-LIM, LIM), ylim=(-LIM, LIM), aspect="equal", xticks=[], yticks=[])
+    _square_axes(axes)
     return _save(fig, path, caption)
+
+
+def plot_scatter_rows(rows: list[list[tuple[str, Tensor]]], path: Path, caption: str) -> Path:
+    """One row per ``rows`` entry, one scatter panel per ``(title, points)`` in it; ``caption`` below."""
+    n_cols = max(len(row) for row in rows)
+    fig = _figure(3.2 * n_cols, 3.0 * len(rows))
+    axes = fig.subplots(len(rows), n_cols, squeeze=False)
+    for ax_row, row in zip(axes, rows):
+        for ax, (title, points) in zip(ax_row, row):
+            _scatter(ax, points, title)
+    _square_axes(axes)
+    return _save(fig, path, caption)
+
+
+def _square_axes(axes) -> None:
+    """Every toy panel on the same [-LIM, LIM]^2 square, with small tick labels."""
+    for ax in axes.flat:
+        ax.set(xlim=(-LIM, LIM), ylim=(-LIM, LIM), aspect="equal")
+        ax.tick_params(labelsize=7)
 
 
 def _figure(width: float, panels_height: float) -> Figure:

@@ -8,6 +8,8 @@ the N(0, I) prior of §2.4.6 can reach:
 * ``swiss_roll``: the 2-D Swiss roll of FFJORD (Grathwohl et al., 2018),
   ``t (cos t, sin t)`` for ``t ~ U[1.5 pi, 4.5 pi]`` plus N(0, 1) noise, all
   divided by 5 (so the noise std is 0.2 and the radius at most ~2.8).
+
+The latent EBM booster of §3.3 adds Figure 3.9's 25-Gaussians (``gaussian_grid_25``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,13 @@ def gaussian_grid(n: int, generator: torch.Generator | None = None) -> torch.Ten
     centres = grid_centres()
     which = torch.randint(len(centres), (n,), generator=generator)
     return centres[which] + GRID_STD * torch.randn(n, 2, generator=generator)
+
+
+def gaussian_grid_25(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Figure 3.9's 25-Gaussians (after Tanaka, 2019): a 5 x 5 grid of spacing 1 in [-2, 2]^2, std 0.05."""
+    axis = torch.arange(-2.0, 3.0)
+    centres = torch.cartesian_prod(axis, axis)
+    return centres[torch.randint(len(centres), (n,), generator=generator)] + 0.05 * torch.randn(n, 2, generator=generator)
 
 
 def swiss_roll(n: int, generator: torch.Generator | None = None) -> torch.Tensor:

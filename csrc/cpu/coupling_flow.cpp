@@ -28,7 +28,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstring>
 #include <numeric>
 #include <tuple>
@@ -37,6 +36,7 @@
 #include <vector>
 
 #include "cpu/coupling_math.h"
+#include "cpu/isa_switch.h"
 #include "cpu/tile_scheduling.h"
 #include "ops.h"
 
@@ -233,22 +233,13 @@ namespace portable {
 #include "cpu/coupling_flow_tiles.h"
 }  // namespace portable
 
-std::atomic<bool> g_force_portable{false};
-
-bool has_avx2() {
-#if defined(__x86_64__)
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes && !g_force_portable.load(std::memory_order_relaxed);
-#else
-  return false;
-#endif
-}
+cpu::IsaSwitch g_isa;
 
 // One tile of the forward (or, kBackward, of the backward) with the build for this CPU.
 template <bool kBackward, typename T>
 void run_tile(const Call<T>& a, int64_t thread, int64_t r0, int64_t n) {
 #if defined(__x86_64__)
-  if (has_avx2()) {
+  if (g_isa.avx2()) {
     return kBackward ? avx2::backward_tile(a, thread, r0, n) : avx2::forward_tile(a, thread, r0, n);
   }
 #endif
@@ -319,8 +310,8 @@ void check_dtype(const at::Tensor& z, std::initializer_list<at::TensorList> list
 
 }  // namespace
 
-const char* coupling_flow_isa() { return has_avx2() ? "avx2" : "portable"; }
-void set_coupling_flow_portable(bool on) { g_force_portable = on; }
+const char* coupling_flow_isa() { return g_isa.name(); }
+void set_coupling_flow_portable(bool on) { g_isa.force_portable(on); }
 
 void coupling_flow_cpu(const at::Tensor& z, at::TensorList weights, at::TensorList biases, at::TensorList perms,
                        at::Tensor& u, at::Tensor& logdet, at::Tensor& saved, int64_t scale, double clamp,

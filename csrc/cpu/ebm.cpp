@@ -20,12 +20,12 @@
 #include <ATen/Dispatch.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstring>
 #include <vector>
 
 #include "cpu/coupling_math.h"
 #include "cpu/normal_noise.h"
+#include "cpu/isa_switch.h"
 #include "cpu/tile_scheduling.h"
 
 namespace dgm_fast {
@@ -126,16 +126,7 @@ namespace portable {
 #include "cpu/ebm_tiles.h"
 }  // namespace portable
 
-std::atomic<bool> g_force_portable{false};
-
-bool has_avx2() {
-#if defined(__x86_64__)
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes && !g_force_portable.load(std::memory_order_relaxed);
-#else
-  return false;
-#endif
-}
+cpu::IsaSwitch g_isa;
 
 // Rows [r0, r0 + n) of the row-major (B, d) matrix m <-> the feature-major tile (rows past n: 0).
 template <typename T>
@@ -165,7 +156,7 @@ void over_mlp_tiles(const Mlp<T>& m, int64_t rows, Fn&& fn) {
 
 // The whole-tile passes (ebm_tiles.h) with the build for this CPU.
 #if defined(__x86_64__)
-#define DGM_ON_THIS_CPU(call) return has_avx2() ? avx2::call : portable::call
+#define DGM_ON_THIS_CPU(call) return g_isa.avx2() ? avx2::call : portable::call
 #else
 #define DGM_ON_THIS_CPU(call) return portable::call
 #endif
@@ -248,7 +239,7 @@ void mlp_energy_sample_cpu(const at::Tensor& x0, at::TensorList weights, at::Ten
   });
 }
 
-const char* ebm_isa() { return has_avx2() ? "avx2" : "portable"; }
-void set_ebm_portable(bool on) { g_force_portable.store(on, std::memory_order_relaxed); }
+const char* ebm_isa() { return g_isa.name(); }
+void set_ebm_portable(bool on) { g_isa.force_portable(on); }
 
 }  // namespace dgm_fast

@@ -22,7 +22,11 @@ DGM_INLINE void activate_rows(T* h, T* d1, T* d2, int64_t n, T slope) {
       a = pick(linear, v, -cpu::m_log_sigmoid(-v));
       g = pick(linear, T(1), s);
       c = pick(linear, T(0), s * (T(1) - s));
-    } else {  // relu (slope 0) and leaky_relu; NaN passes through act
+    } else if constexpr (kAct == kRelu) {  // not leaky_relu with slope 0: 0 * -inf is NaN, relu(-inf) 0
+      a = pick(v < T(0), T(0), v);
+      g = pick(v > T(0), T(1), T(0));
+      c = T(0);
+    } else {  // leaky_relu; NaN passes through act
       a = pick(v < T(0), slope * v, v);
       g = pick(v > T(0), T(1), slope);
       c = T(0);
@@ -38,7 +42,8 @@ DGM_INLINE void activate_any(T* h, T* d1, T* d2, int64_t n, int64_t act, T slope
   switch (act) {
     case kSwish: return activate_rows<kSwish>(h, d1, d2, n, slope);
     case kSoftplus: return activate_rows<kSoftplus>(h, d1, d2, n, slope);
-    default: return activate_rows<kLeakyRelu>(h, d1, d2, n, act == kRelu ? T(0) : slope);
+    case kRelu: return activate_rows<kRelu>(h, d1, d2, n, slope);
+    default: return activate_rows<kLeakyRelu>(h, d1, d2, n, slope);
   }
 }
 

@@ -79,25 +79,17 @@ def _recomputed_autograd(reference):
     return setup_context, backward
 
 
-def _reference_pair(reference):
-    return lambda x, w, b, act, slope: tuple(reference(x, w, b, act, slope))
+def _differentiable_op(name: str, reference, outputs) -> FusedOp:
+    """An op of (x, the MLP) -> two tensors, differentiated by recomputing ``reference``."""
+    setup_context, backward = _recomputed_autograd(reference)
+    return FusedOp("ebm", name, f"(Tensor x, {MLP_ARGS}) -> (Tensor, Tensor)", reference=reference,
+                   outputs=outputs, kernel_scalars=_mlp_kernel_scalars, setup_context=setup_context,
+                   backward=backward)
 
 
-_grad_context, _grad_backward = _recomputed_autograd(mlp_energy_grad_reference)
-GRAD = FusedOp(
-    "ebm", "mlp_energy_grad", f"(Tensor x, {MLP_ARGS}) -> (Tensor, Tensor)",
-    reference=_reference_pair(mlp_energy_grad_reference),
-    outputs=lambda x, *_: [_per_row(x), _matrix(x)], kernel_scalars=_mlp_kernel_scalars,
-    setup_context=_grad_context, backward=_grad_backward,
-)
-
-_lap_context, _lap_backward = _recomputed_autograd(mlp_energy_laplacian_reference)
-LAPLACIAN = FusedOp(
-    "ebm", "mlp_energy_laplacian", f"(Tensor x, {MLP_ARGS}) -> (Tensor, Tensor)",
-    reference=_reference_pair(mlp_energy_laplacian_reference),
-    outputs=lambda x, *_: [_matrix(x), _per_row(x)], kernel_scalars=_mlp_kernel_scalars,
-    setup_context=_lap_context, backward=_lap_backward,
-)
+GRAD = _differentiable_op("mlp_energy_grad", mlp_energy_grad_reference, lambda x, *_: [_per_row(x), _matrix(x)])
+LAPLACIAN = _differentiable_op("mlp_energy_laplacian", mlp_energy_laplacian_reference,
+                               lambda x, *_: [_matrix(x), _per_row(x)])
 
 
 def _sample_reference(x0, weights, biases, activation, negative_slope, n_steps, *scalars):

@@ -58,13 +58,11 @@ def activation_derivatives(h: Tensor, name: str, negative_slope: float) -> tuple
 def mlp_energy_reference(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor],
                          act: str = "swish", negative_slope: float = 0.2) -> Tensor:
     """``E(x)`` for every row of ``x`` (batch, dim): shape (batch,)."""
-    a = x
-    for w, b in zip(weights[:-1], biases[:-1]):
-        a = activation(F.linear(a, w, b), act, negative_slope)
-    return F.linear(a, weights[-1], biases[-1]).squeeze(-1)
+    return _forward(x, weights, biases, act, negative_slope)[1]
 
 
 def _forward(x, weights, biases, act, negative_slope):
+    """The hidden layers' pre-activations, and the energy."""
     pre, a = [], x
     for w, b in zip(weights[:-1], biases[:-1]):
         pre.append(F.linear(a, w, b))

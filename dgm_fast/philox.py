@@ -115,7 +115,11 @@ def _philox_normal(numel: int, seed: int, offset: int, seed_tensor: torch.Tensor
                    dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     if seed_tensor is not None:
         seed = int(seed_tensor)
-    g = torch.arange(numel, dtype=torch.int64, device=device) + offset
+    return normal_at(torch.arange(numel, dtype=torch.int64, device=device) + offset, seed, dtype)
+
+
+def normal_at(g: torch.Tensor, seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Elements ``g`` (an int64 tensor of stream indices >= 0, any shape) of the stream of ``seed``."""
     c = g >> 2
     zero = torch.zeros_like(c)
     r = philox4x32((c & MASK32, c >> 32, zero, zero), split_seed(seed))

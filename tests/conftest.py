@@ -10,6 +10,10 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# pytest-xdist workers (pyproject's addopts: -n auto) share the cores instead of each taking all
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    torch.set_num_threads(max(1, torch.get_num_threads() // _WORKERS))
 
 import pytest  # noqa: E402
 
@@ -19,6 +23,19 @@ from dgm_fast import _op  # noqa: E402
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 # (device, backend) for every compiled backend that can run here
 NATIVE = [(d, b) for d in DEVICES for b in dgm_fast.available_backends(d) if b != "reference"]
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: a worker per core, at most 4 (each holds its own torch and Triton interpreter)."""
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that share a module-scoped fixture (a trained model, compiled sources) run on one
+    xdist worker (``--dist loadgroup``), so that the fixture is built once."""
+    for item in items:
+        if any(defs[-1].scope == "module" for defs in item._fixtureinfo.name2fixturedefs.values()):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 @pytest.fixture(autouse=True, scope="session")

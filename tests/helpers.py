@@ -367,6 +367,41 @@ def _mlp_sample_samples(device, dtype) -> list[tuple]:
     return samples
 
 
+# (batch, nc, spatial, logits layout, scale): odd pixel counts, no spatial dims, empty batch, a
+# channels_last view, logits far from zero (logsumexp's shift), nc = 3 (the CIFAR decoder)
+NLL_CONFIGS = [
+    ((2, 1, (5, 3), "contiguous", 1.0)),
+    ((3, 3, (4, 4), "channels_last", 3.0)),
+    ((1, 2, (7,), "strided", 1.0)),
+    ((4, 1, (), "contiguous", 1e3)),
+    ((0, 1, (2, 2), "contiguous", 1.0)),
+]
+
+
+def _nll_samples(device, dtype) -> list[tuple]:
+    """(logits, int64 target) of NLL_CONFIGS; the op is float32/64 only."""
+    if dtype not in (torch.float32, torch.float64):
+        return []
+    samples = []
+    for i, (batch, nc, spatial, layout, scale) in enumerate(NLL_CONFIGS):
+        logits = make_tensor((batch, nc * 256, *spatial), dtype, device, layout=layout, scale=scale, seed=i)
+        gen = torch.Generator().manual_seed(i)
+        samples.append((logits, torch.randint(0, 256, (batch, nc, *spatial), generator=gen).to(device)))
+    return samples
+
+
+def _nll_backward_samples(device, dtype) -> list[tuple]:
+    """(grad_nll, grad_lse, logits, target, lse) for the NLL samples, from the reference."""
+    from dgm_fast.vae.reference import categorical_pixel_nll_reference
+
+    samples = []
+    for i, (logits, target) in enumerate(_nll_samples(device, dtype)):
+        _, lse = categorical_pixel_nll_reference(logits, target)
+        grad_lse = make_tensor(lse.shape, dtype, device, seed=50 + i) if i % 2 else torch.zeros_like(lse)
+        samples.append((make_tensor(target.shape[:1], dtype, device, seed=40 + i), grad_lse, logits, target, lse))
+    return samples
+
+
 OP_SAMPLES = {
     "sparse_motion_features": _motion_feature_samples,
     "sparse_motion_features_backward": _motion_feature_backward_samples,
@@ -383,6 +418,8 @@ OP_SAMPLES = {
     "mlp_energy_grad": _mlp_samples,
     "mlp_energy_laplacian": _mlp_samples,
     "mlp_energy_sample": _mlp_sample_samples,
+    "categorical_pixel_nll": _nll_samples,
+    "categorical_pixel_nll_backward": _nll_backward_samples,
 }
 
 

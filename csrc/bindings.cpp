@@ -16,6 +16,7 @@
 #include "cpu/coupling_flow.h"
 #include "cpu/ebm.h"
 #include "cpu/langevin.h"
+#include "cpu/vae.h"
 #include "cpu/warp.h"
 #include "ops.h"
 #ifdef WITH_CUDA
@@ -163,6 +164,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "the int64 offset the warp kernels compute for voxel (n, c, z, y, x) of a (N, C, D, H, W) volume",
         py::arg("channels"), py::arg("depth"), py::arg("height"), py::arg("width"), py::arg("n"), py::arg("c"),
         py::arg("z"), py::arg("y"), py::arg("x"));
+  m.def("categorical_pixel_nll_cpu", &dgm_fast::categorical_pixel_nll_cpu, py::call_guard<py::gil_scoped_release>());
+  m.def("categorical_pixel_nll_backward_cpu", &dgm_fast::categorical_pixel_nll_backward_cpu,
+        py::call_guard<py::gil_scoped_release>());
+  m.def("vae_isa", &dgm_fast::vae_isa,
+        "the instruction set the categorical pixel likelihood's blocks run with (\"avx2\" or \"portable\")");
+  m.def("set_vae_portable", &dgm_fast::set_vae_portable,
+        "run the categorical pixel likelihood's portable blocks even where AVX2 is present (tests)");
   m.def("build_info", &build_info, "what this extension was compiled with");
   m.def("draw_seed", &draw_seed, "a noise seed in [0, 2**62) from torch's default CPU generator");
   py::class_<dgm_fast::BelowAutogradCall>(m, "BelowAutogradCall",

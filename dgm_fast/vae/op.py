@@ -50,5 +50,5 @@ NLL = FusedOp("vae", "categorical_pixel_nll", "(Tensor logits, Tensor target) ->
 BACKWARD = FusedOp(
     "vae", "categorical_pixel_nll_backward",
     "(Tensor grad_nll, Tensor grad_lse, Tensor logits, Tensor target, Tensor lse) -> Tensor",
-    reference=categorical_pixel_nll_backward_reference, outputs=lambda g, gl, logits, *_: [empty_output(logits)],
+    reference=categorical_pixel_nll_backward_reference, outputs=lambda g, gl, logits, *_: [empty_output(logits, torch.contiguous_format)],
 )

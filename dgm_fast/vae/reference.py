@@ -49,7 +49,8 @@ def categorical_pixel_nll_backward_reference(grad_nll: Tensor, grad_lse: Tensor,
     soft = torch.exp(levels - per_pixel(lse))
     onehot = torch.zeros_like(soft).scatter_(2, per_pixel(target).long(), 1.0)
     g = grad_nll.reshape(-1, 1, 1, 1)
-    return (soft * (g + per_pixel(grad_lse)) - g * onehot).reshape(logits.shape)
+    # row-major, as autograd through the forward's reshape gives it
+    return (soft * (g + per_pixel(grad_lse)) - g * onehot).reshape(logits.shape).contiguous()
 
 
 def gaussian_kl_reference(mu: Tensor, logvar: Tensor) -> Tensor:

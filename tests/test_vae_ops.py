@@ -15,6 +15,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import TOL, make_tensor
 from torch.distributions import Normal, kl_divergence
 
 import dgm_fast
@@ -33,7 +34,6 @@ from dgm_fast.vae import (
     reparameterize,
 )
 from dgm_fast.vae.reference import gaussian_log_prob, latent_noise
-from helpers import TOL, make_tensor
 
 
 def cross_entropy_nll(logits, target):
@@ -295,3 +295,41 @@ def test_public_names():
     for name in ("categorical_pixel_nll", "gaussian_kl", "reparameterize", "iwae_log_likelihood",
                  "importance_weighted_nll", "optimize_posterior", "optimize_encoder"):
         assert getattr(dgm_fast, name) is getattr(dgm_fast.vae, name)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_deconv_likelihood_equals_the_layer_then_the_likelihood(bias):
+    """The last layer as four parity GEMMs, in chunks, equals F.conv_transpose2d then the NLL: values
+    and the gradients of h, weight and bias (float64), for odd sizes and a chunk that does not divide."""
+    from dgm_fast.vae import categorical_pixel_nll_deconv
+
+    h = make_tensor((5, 3, 3, 5), torch.float64, seed=1).requires_grad_()
+    w = make_tensor((3, 512, 4, 4), torch.float64, seed=2).requires_grad_()
+    b = make_tensor((512,), torch.float64, seed=3).requires_grad_() if bias else None
+    target = torch.randint(0, 256, (5, 2, 6, 10), generator=torch.Generator().manual_seed(4))
+    got = categorical_pixel_nll_deconv(h, w, b, target, chunk=2)
+    expect = categorical_pixel_nll(F.conv_transpose2d(h, w, b, stride=2, padding=1), target)
+    torch.testing.assert_close(got, expect, **TOL[torch.float64])
+    leaves = [t for t in (h, w, b) if t is not None]
+    for g, e in zip(torch.autograd.grad(got.sum(), leaves), torch.autograd.grad(expect.sum(), leaves)):
+        torch.testing.assert_close(g, e, **TOL[torch.float64])
+    assert categorical_pixel_nll_deconv(h[:0], w, b, target[:0]).shape == (0,)
+
+
+@pytest.mark.parametrize("kwargs, error, argument", [
+    (dict(h=torch.zeros(2, 3, 4)), ValueError, "h"),
+    (dict(weight=torch.zeros(3, 256, 3, 3)), ValueError, "weight"),
+    (dict(weight=torch.zeros(4, 256, 4, 4)), ValueError, "weight"),
+    (dict(weight=torch.zeros(3, 100, 4, 4)), ValueError, "weight"),
+    (dict(bias=torch.zeros(255)), ValueError, "bias"),
+    (dict(target=torch.zeros(3, 1, 8, 8, dtype=torch.long)), ValueError, "target"),
+    (dict(chunk=0), ValueError, "chunk"),
+])
+def test_deconv_likelihood_bad_input_names_the_argument(kwargs, error, argument):
+    from dgm_fast.vae import categorical_pixel_nll_deconv
+
+    args = dict(h=torch.zeros(2, 3, 4, 4), weight=torch.zeros(3, 256, 4, 4), bias=torch.zeros(256),
+                target=torch.zeros(2, 1, 8, 8, dtype=torch.long)) | kwargs
+    chunk = args.pop("chunk", 16)
+    with pytest.raises(error, match=f"^{argument}"):
+        categorical_pixel_nll_deconv(**args, chunk=chunk)

@@ -13,12 +13,12 @@ Fashion-MNIST-like data and nf = 64, nc = 3 for CIFAR-10-like data. Images are
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from dgm_fast import _checks
 from dgm_fast.vae import (
     categorical_pixel_nll,
+    categorical_pixel_nll_deconv,
     categorical_target,
     gaussian_kl,
     reparameterize,
@@ -84,11 +84,11 @@ class DCGANVAE(nn.Module):
         return x
 
     def decoded_nll(self, z: Tensor, target: Tensor, chunk: int = 16) -> Tensor:
-        """``-log p(target | z)`` per row, the last layer and the likelihood ``chunk`` rows at a time:
-        the full logits (3 MB a row for nc = 3) never exist for more than ``chunk`` rows."""
-        h = self.decoder.hidden(z)
-        return torch.cat([categorical_pixel_nll(self.decoder.last(h[i:i + chunk]), target[i:i + chunk])
-                          for i in range(0, h.shape[0], chunk)]) if h.shape[0] else h.new_zeros(0)
+        """``-log p(target | z)`` per row, the last layer and the likelihood ``chunk`` rows at a time
+        (``categorical_pixel_nll_deconv``): the full logits (3 MB a row for nc = 3) never exist for
+        more than ``chunk`` rows."""
+        last = self.decoder.last
+        return categorical_pixel_nll_deconv(self.decoder.hidden(z), last.weight, last.bias, target, chunk=chunk)
 
     def loss(self, x: Tensor, *, beta: float = 1.0, seed: int = 0, index: Tensor | None = None,
              draw: int = 0) -> Tensor:

@@ -148,16 +148,23 @@ def _bias(b_ptr, N: tl.constexpr):
 
 
 @triton.jit
-def _forward(x_slot, a_slot, h_slots, w_in, w_hidden, b_hidden, slope,
+def _real_units(h, units_ptr, H_PAD: tl.constexpr):
+    """h with its padded units at 0: their zero weights times an infinite input would be NaN, and the
+    next layer's zero weights would carry that NaN into the real units."""
+    return tl.where(tl.load(units_ptr + tl.arange(0, H_PAD))[None, :] != 0, h, 0.0)
+
+
+@triton.jit
+def _forward(x_slot, a_slot, h_slots, w_in, w_hidden, b_hidden, units, slope,
              ACT: tl.constexpr, N_HIDDEN: tl.constexpr, D_PAD: tl.constexpr, H_PAD: tl.constexpr,
              BLOCK_M: tl.constexpr):
     """h_{L-1} of the staged x, as F.linear then act layer by layer; h_1 .. h_{L-2} to the h slots."""
-    h = _matmul(x_slot, w_in, D_PAD, H_PAD, True, BLOCK_M) + _bias(b_hidden, H_PAD)
+    h = _real_units(_matmul(x_slot, w_in, D_PAD, H_PAD, True, BLOCK_M) + _bias(b_hidden, H_PAD), units, H_PAD)
     for i in tl.static_range(1, N_HIDDEN):
         tl.store(_tile(h_slots + (i - 1) * BLOCK_M * H_PAD, BLOCK_M, H_PAD), h)
         _stage(a_slot, _act(h, slope, ACT), BLOCK_M, H_PAD)
         h = _matmul(a_slot, w_hidden + (i - 1) * H_PAD * H_PAD, H_PAD, H_PAD, True, BLOCK_M)
-        h += _bias(b_hidden + i * H_PAD, H_PAD)
+        h = _real_units(h + _bias(b_hidden + i * H_PAD, H_PAD), units + i * H_PAD, H_PAD)
     return h
 
 
@@ -178,7 +185,7 @@ def _backward(h_last, a_slot, h_slots, w_in, w_hidden, w_out, slope,
 
 
 @triton.jit
-def _energy_grad(x, x_slot, a_slot, h_slots, w_in, w_hidden, w_out_ptr, b_hidden, b_out_ptr, slope,
+def _energy_grad(x, x_slot, a_slot, h_slots, w_in, w_hidden, w_out_ptr, b_hidden, b_out_ptr, units, slope,
                  ACT: tl.constexpr, N_HIDDEN: tl.constexpr, D_PAD: tl.constexpr, H_PAD: tl.constexpr,
                  BLOCK_M: tl.constexpr):
     """(E, dE/dx) of the rows x [BLOCK_M, D_PAD]."""
@@ -189,7 +196,7 @@ def _energy_grad(x, x_slot, a_slot, h_slots, w_in, w_hidden, w_out_ptr, b_hidden
         grad = tl.broadcast_to(w_out[None, :], (BLOCK_M, D_PAD))
     else:
         _stage(x_slot, x, BLOCK_M, D_PAD)
-        h = _forward(x_slot, a_slot, h_slots, w_in, w_hidden, b_hidden, slope, ACT, N_HIDDEN, D_PAD, H_PAD,
+        h = _forward(x_slot, a_slot, h_slots, w_in, w_hidden, b_hidden, units, slope, ACT, N_HIDDEN, D_PAD, H_PAD,
                      BLOCK_M)
         energy = tl.sum(_act(h, slope, ACT) * w_out[None, :], axis=1) + b_out
         grad = _backward(h, a_slot, h_slots, w_in, w_hidden, w_out, slope, ACT, N_HIDDEN, D_PAD, H_PAD, BLOCK_M)
@@ -218,14 +225,14 @@ def _slots(scratch_ptr, SLOTS: tl.constexpr, D_PAD: tl.constexpr, H_PAD: tl.cons
 
 
 @triton.jit
-def _grad_kernel(x_ptr, w_in, w_hidden, w_out, b_hidden, b_out, scratch_ptr, energy_ptr, grad_ptr, B, D,
+def _grad_kernel(x_ptr, w_in, w_hidden, w_out, b_hidden, b_out, units, scratch_ptr, energy_ptr, grad_ptr, B, D,
                  slope: tl.float64, ACC: tl.constexpr, ACT: tl.constexpr, N_HIDDEN: tl.constexpr,
                  SLOTS: tl.constexpr, D_PAD: tl.constexpr, H_PAD: tl.constexpr, BLOCK_M: tl.constexpr):
     slope = tl.full([], slope, ACC)  # rounded once, as torch rounds the reference's Python scalar
     rows, idx, mask = _rows(B, D, D_PAD, BLOCK_M)
     x_slot, a_slot, h_slots = _slots(scratch_ptr, SLOTS, D_PAD, H_PAD, BLOCK_M)
     x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(ACC)
-    energy, grad = _energy_grad(x, x_slot, a_slot, h_slots, w_in, w_hidden, w_out, b_hidden, b_out, slope,
+    energy, grad = _energy_grad(x, x_slot, a_slot, h_slots, w_in, w_hidden, w_out, b_hidden, b_out, units, slope,
                                 ACT, N_HIDDEN, D_PAD, H_PAD, BLOCK_M)
     tl.store(energy_ptr + rows, energy.to(energy_ptr.dtype.element_ty), mask=rows < B)
     tl.store(grad_ptr + idx, grad.to(grad_ptr.dtype.element_ty), mask=mask)
@@ -240,7 +247,7 @@ def _stream_normal(g, k0, k1, ACC: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["n_steps", "offset", "k0", "k1"])
-def _sample_kernel(x_ptr, w_in, w_hidden, w_out, b_hidden, b_out, scratch_ptr, out_ptr, B, D,
+def _sample_kernel(x_ptr, w_in, w_hidden, w_out, b_hidden, b_out, units, scratch_ptr, out_ptr, B, D,
                    slope: tl.float64, n_steps, decay: tl.float64, half_step: tl.float64, noise_scale: tl.float64,
                    grad_clip: tl.float64, clamp_lo: tl.float64, clamp_hi: tl.float64,
                    offset: tl.int64, stride: tl.int64, k0: tl.uint32, k1: tl.uint32,
@@ -259,7 +266,7 @@ def _sample_kernel(x_ptr, w_in, w_hidden, w_out, b_hidden, b_out, scratch_ptr, o
     x_slot, a_slot, h_slots = _slots(scratch_ptr, SLOTS, D_PAD, H_PAD, BLOCK_M)
     x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(ACC)
     for k in range(n_steps):
-        grad = _energy_grad(x, x_slot, a_slot, h_slots, w_in, w_hidden, w_out, b_hidden, b_out, slope,
+        grad = _energy_grad(x, x_slot, a_slot, h_slots, w_in, w_hidden, w_out, b_hidden, b_out, units, slope,
                             ACT, N_HIDDEN, D_PAD, H_PAD, BLOCK_M)[1]
         # eq. (2.15) as kernels/langevin.py's _step_tile evaluates it
         y = x * decay - half_step * _clip(grad, -grad_clip, grad_clip)
@@ -272,7 +279,7 @@ def _sample_kernel(x_ptr, w_in, w_hidden, w_out, b_hidden, b_out, scratch_ptr, o
 
 
 @triton.jit
-def _laplacian_kernel(x_ptr, w_in, w_hidden, w_out_ptr, b_hidden, b_out, scratch_ptr, grad_ptr, trace_ptr, B, D,
+def _laplacian_kernel(x_ptr, w_in, w_hidden, w_out_ptr, b_hidden, b_out, units, scratch_ptr, grad_ptr, trace_ptr, B, D,
                       slope: tl.float64, ACC: tl.constexpr, ACT: tl.constexpr, N_HIDDEN: tl.constexpr,
                       SLOTS: tl.constexpr, D_PAD: tl.constexpr, H_PAD: tl.constexpr, BLOCK_M: tl.constexpr):
     """grad and tr grad^2 E = sum_l sum_j dE/da_lj act''(h_lj) |row j of J_l|^2 (the reference's docstring).
@@ -292,11 +299,12 @@ def _laplacian_kernel(x_ptr, w_in, w_hidden, w_out_ptr, b_hidden, b_out, scratch
         slot = BLOCK_M * H_PAD
         _stage(x_slot, x, BLOCK_M, D_PAD)
         h = _matmul(x_slot, w_in, D_PAD, H_PAD, True, BLOCK_M) + _bias(b_hidden, H_PAD)
+        h = _real_units(h, units, H_PAD)
         tl.store(_tile(slots, BLOCK_M, H_PAD), h)
         for i in tl.static_range(1, N_HIDDEN):
             _stage(a_slot, _act(h, slope, ACT), BLOCK_M, H_PAD)
             h = _matmul(a_slot, w_hidden + (i - 1) * H_PAD * H_PAD, H_PAD, H_PAD, True, BLOCK_M)
-            h += _bias(b_hidden + i * H_PAD, H_PAD)
+            h = _real_units(h + _bias(b_hidden + i * H_PAD, H_PAD), units + i * H_PAD, H_PAD)
             tl.store(_tile(slots + i * slot, BLOCK_M, H_PAD), h)
         tl.debug_barrier()  # the last h is visible
         g = tl.broadcast_to(w_out[None, :], (BLOCK_M, H_PAD))  # dE/da_{L-1}
@@ -335,19 +343,22 @@ def _pad(n: int) -> int:
 
 
 def _pack(weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor], dtype: torch.dtype):
-    """Views (w_in, w_hidden, w_out, b_hidden, b_out) of one zero-padded buffer, and (N_HIDDEN, D_PAD, H_PAD).
+    """Views (w_in, w_hidden, w_out, b_hidden, b_out, units) of one zero-padded buffer, and (N_HIDDEN,
+    D_PAD, H_PAD); ``units`` is 1 for each hidden layer's real units, 0 for its padding.
 
     Without hidden layers H_PAD = D_PAD: w_out then weighs x itself."""
     n_hidden = len(weights) - 1
     d_pad = _pad(weights[0].shape[1])
     h_pad = max(_pad(w.shape[0]) for w in weights[:-1]) if n_hidden else d_pad
-    sizes = [h_pad * d_pad if n_hidden else 0, max(n_hidden - 1, 0) * h_pad * h_pad, h_pad, n_hidden * h_pad, 1]
+    sizes = [h_pad * d_pad if n_hidden else 0, max(n_hidden - 1, 0) * h_pad * h_pad, h_pad, n_hidden * h_pad, 1,
+             n_hidden * h_pad]
     packed = weights[0].new_zeros(sum(sizes), dtype=dtype).split(sizes)
-    w_in, w_hidden, w_out, b_hidden, b_out = packed
+    w_in, w_hidden, w_out, b_hidden, b_out, units = packed
     for l, (w, b) in enumerate(zip(weights[:-1], biases[:-1])):
         dst = w_in.view(h_pad, d_pad) if l == 0 else w_hidden.view(-1, h_pad, h_pad)[l - 1]
         dst[: w.shape[0], : w.shape[1]] = w
         b_hidden.view(-1, h_pad)[l, : b.shape[0]] = b
+        units.view(-1, h_pad)[l, : w.shape[0]] = 1
     w_out[: weights[-1].shape[1]] = weights[-1][0]
     b_out.copy_(biases[-1])
     return packed, (n_hidden, d_pad, h_pad)

@@ -542,7 +542,12 @@ def keypoint_warp_valid(gradients: bool) -> Callable:
             # weights of 1e3 make phi a sum cancelling to 1e-5 of its terms: float32 positions then
             # differ by the summation order; logits of any size are normalised by the softmax
             big = [1e3] if kwargs["mask_is_logits"] or dtype == torch.float64 else []
-            feature = replace(feature, scale=draw(st.sampled_from([1.0, 1e-3, 1e3])))
+            # one planted finite 1e30 among unit values makes an output ~ w * 1e30, whose float32 error
+            # is the interpolation weight w's, eps / w relative: correct orders of computing a small w
+            # differ there by 2e-5 (found: Triton vs the reference); infinities and NaN stay planted
+            feature = replace(feature, scale=draw(st.sampled_from([1.0, 1e-3, 1e3])),
+                              specials=tuple((i, v) for i, v in feature.specials
+                                             if not math.isfinite(v) or abs(v) < 1e30))
             mask = replace(mask, scale=draw(st.sampled_from([1.0, 1e-3, *big])))
         if not gradients:
             kwargs["return_deformation"] = draw(st.booleans())

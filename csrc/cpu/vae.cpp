@@ -134,6 +134,18 @@ Shape check(const char* fn, const at::Tensor& logits, const at::Tensor& target,
   return s;
 }
 
+// The inputs both passes read; each pass then sets its outputs.
+template <typename T>
+Problem<T> problem(const at::Tensor& logits, const at::Tensor& target, const Shape& s) {
+  Problem<T> pr;
+  pr.logits = logits.const_data_ptr<T>();
+  pr.target = target.const_data_ptr<int64_t>();
+  pr.channels = s.channels;
+  pr.pixels = s.pixels;
+  pr.blocks = (s.pixels + kTile - 1) / kTile;
+  return pr;
+}
+
 }  // namespace
 
 void categorical_pixel_nll_cpu(const at::Tensor& logits, const at::Tensor& target, at::Tensor& nll,
@@ -141,13 +153,8 @@ void categorical_pixel_nll_cpu(const at::Tensor& logits, const at::Tensor& targe
   const Shape s = check("categorical_pixel_nll", logits, target, {{&nll, 0}, {&lse, 1}});
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "categorical_pixel_nll_cpu", [&] {
     using T = scalar_t;
-    Problem<T> pr;
-    pr.logits = logits.const_data_ptr<T>();
-    pr.target = target.const_data_ptr<int64_t>();
+    Problem<T> pr = problem<T>(logits, target, s);
     pr.lse = lse.data_ptr<T>();
-    pr.channels = s.channels;
-    pr.pixels = s.pixels;
-    pr.blocks = (s.pixels + kTile - 1) / kTile;
     const int64_t per_sample = s.channels * pr.blocks, items = s.batch * per_sample;
     at::Tensor partials = at::empty({items}, at::TensorOptions().dtype(at::kDouble));
     double* partial = partials.data_ptr<double>();
@@ -171,16 +178,11 @@ void categorical_pixel_nll_backward_cpu(const at::Tensor& grad_nll, const at::Te
                         {{&grad_nll, 0}, {&grad_lse, 1}, {&lse, 1}, {&grad_logits, 2}});
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "categorical_pixel_nll_backward_cpu", [&] {
     using T = scalar_t;
-    Problem<T> pr;
-    pr.logits = logits.const_data_ptr<T>();
-    pr.target = target.const_data_ptr<int64_t>();
+    Problem<T> pr = problem<T>(logits, target, s);
     pr.lse_in = lse.const_data_ptr<T>();
     pr.grad_nll = grad_nll.const_data_ptr<T>();
     pr.grad_lse = grad_lse.const_data_ptr<T>();
     pr.grad_logits = grad_logits.data_ptr<T>();
-    pr.channels = s.channels;
-    pr.pixels = s.pixels;
-    pr.blocks = (s.pixels + kTile - 1) / kTile;
     const int64_t items = s.batch * s.channels * pr.blocks;
     cpu::advise_huge_pages(grad_logits);  // a fresh output: one page fault per 2 MiB, not per 4 KiB
     if (items > 0) {

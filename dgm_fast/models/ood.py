@@ -210,6 +210,6 @@ def ood_metrics(in_scores, ood_scores) -> dict[str, float]:
     """AUROC (higher better), AUPRC (higher better, OOD positive) and FPR80 (lower better) of a score
     where higher means more OOD (Tables 4.1, 4.7, 4.8)."""
     labels, scores = _labelled(in_scores, ood_scores)
-    fpr, tpr = roc(in_scores, ood_scores)
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
     return {"AUROC": float(roc_auc_score(labels, scores)), "AUPRC": float(average_precision_score(labels, scores)),
             "FPR80": float(fpr[np.searchsorted(tpr, TPR_LEVEL, side="left")])}

@@ -172,3 +172,14 @@ def test_sigmoid_scale_gradient_far_out_is_subnormal_not_zero(native):
         (expect,) = torch.autograd.grad(dgm_fast.affine_coupling(x2, s, torch.zeros_like(x2), scale="sigmoid")[0].sum(), s)
     assert grad_s[0, 0] == math.inf
     torch.testing.assert_close(grad_s, expect, atol=0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+def test_logdet_of_one_dimensional_input_is_a_new_dense_tensor(backend, inverse):
+    """With no non-batch dims logdet is l itself; for "exp" l is s, which may be expanded: every
+    backend returns a dense tensor of its own (the property tests found the reference aliasing s)."""
+    device, _ = backend
+    s = torch.tensor([0.3], device=device).expand(4)
+    _, logdet = dgm_fast.affine_coupling(s, s, s, scale="exp", inverse=inverse)
+    assert logdet.stride() == (1,) and logdet.untyped_storage().data_ptr() != s.untyped_storage().data_ptr()
+    torch.testing.assert_close(logdet, torch.full((4,), -0.3 if inverse else 0.3, device=device))

@@ -63,8 +63,9 @@ def log_scale_derivative(s: Tensor, scale: str, clamp: float) -> Tensor:
 
 
 def _rows(v: Tensor) -> Tensor:
-    """Per-row sum over every non-batch dimension."""
-    return v.flatten(1).sum(dim=1) if v.dim() > 1 else v
+    """Per-row sum over every non-batch dimension: a new dense tensor, also for 1-D ``v`` (never an
+    alias of ``s``, which may be expanded), as the kernels' outputs."""
+    return v.reshape(v.shape[0], math.prod(v.shape[1:])).sum(dim=1)
 
 
 def _per_row(g: Tensor, like: Tensor) -> Tensor:

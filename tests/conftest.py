@@ -5,6 +5,7 @@ TRITON_INTERPRET must be set before any @triton.jit runs, so here.
 """
 
 import os
+import re
 
 import torch
 
@@ -25,17 +26,37 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 NATIVE = [(d, b) for d in DEVICES for b in dgm_fast.available_backends(d) if b != "reference"]
 
 
+@pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config):
     """``-n auto``: a worker per core, at most 4 (each holds its own torch and Triton interpreter)."""
     return max(1, min(os.cpu_count() or 1, 4))
 
 
-def pytest_collection_modifyitems(config, items):
-    """Tests that share a module-scoped fixture (a trained model, compiled sources) run on one
-    xdist worker (``--dist loadgroup``), so that the fixture is built once."""
-    for item in items:
-        if any(defs[-1].scope == "module" for defs in item._fixtureinfo.name2fixturedefs.values()):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+# A test module that defines a module-scoped fixture (a trained model, compiled sources).
+_SHARED_FIXTURE = re.compile(r'@pytest\.fixture\([^)]*scope="module"')
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadgroup``: every module with a module-scoped fixture is one work unit, so the
+    fixture is built once. The controller does not collect, so it reads the module's source.
+    (xdist_group marks added at collection no longer group: xdist renames node ids, which pytest
+    9.2 ignores, pytest-dev/pytest-xdist#1386.)"""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    shared = {}
+
+    class SharedFixtureModules(LoadGroupScheduling):
+        def _split_scope(self, nodeid):
+            module = nodeid.split("::", 1)[0]
+            if module not in shared:
+                path = config.rootpath / module
+                shared[module] = path.is_file() and bool(_SHARED_FIXTURE.search(path.read_text()))
+            return module if shared[module] else super()._split_scope(nodeid)
+
+    return SharedFixtureModules(config, log)
 
 
 @pytest.fixture(autouse=True, scope="session")

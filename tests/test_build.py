@@ -16,8 +16,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# What a build needs from the repository (no build outputs).
-SOURCES = ["setup.py", "pyproject.toml", "README.md", "csrc", "dgm_fast", "kernels"]
+# What a build needs from the repository (no build outputs), less the C++ sources (stand-in below).
+SOURCES = ["setup.py", "pyproject.toml", "README.md", "dgm_fast", "kernels"]
+# The extension's one source in the pip build: the real kernels compiled in the install that ran
+# before the tests (3 minutes again here); this test is about what setup.py decides and pip makes.
+STAND_IN = """#include <Python.h>
+static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+PyMODINIT_FUNC PyInit__C() { return PyModule_Create(&module); }
+"""
 
 # Runs setup.py's decision (setup() itself only runs as __main__) as seen by a
 # torch with CUDA argv[2] ("" for a CPU torch); prints it as JSON.
@@ -93,6 +99,8 @@ def copy_sources(dst: Path) -> None:
             shutil.copytree(ROOT / name, dst / name, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
         else:
             shutil.copy2(ROOT / name, dst / name)
+    (dst / "csrc" / "cpu").mkdir(parents=True)
+    (dst / "csrc" / "bindings.cpp").write_text(STAND_IN)
 
 
 def path_without_nvcc() -> str:
@@ -105,7 +113,7 @@ def path_without_nvcc() -> str:
 
 
 def test_pip_builds_cpu_extension_for_cuda_torch_without_toolkit(tmp_path):
-    """End to end (about a minute): pip builds the wheel instead of failing, and says why."""
+    """End to end: pip builds the wheel instead of failing, and says why."""
     src = tmp_path / "src"
     copy_sources(src)
     # Every python pip starts (itself, the build backend) sees a CUDA torch.

@@ -83,11 +83,13 @@ def resolve_device(device: str) -> str:
 
 
 def _run_pytest(suite: Path, device: str, quick: bool, pytest_args: Sequence[str]) -> tuple[int, dict | None]:
-    """Exit code of the pytest run and its pytest-benchmark JSON (None if it wrote none)."""
+    """Exit code of the pytest run and its pytest-benchmark JSON (None if it wrote none). The whole
+    suite runs unless ``pytest_args`` name files or tests of it (``bench/test_vae_bench.py``)."""
+    named = any(not a.startswith("-") and (suite.parent / a.split("::")[0]).exists() for a in pytest_args)
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "benchmark.json"
         cmd = [
-            sys.executable, "-m", "pytest", str(suite), "-q", "--benchmark-quiet",
+            sys.executable, "-m", "pytest", *([] if named else [str(suite)]), "-q", "--benchmark-quiet",
             f"--benchmark-json={report}", f"--bench-device={device}",
             *(["--bench-quick"] if quick else []), *pytest_args,
         ]

@@ -1,6 +1,7 @@
 """dgm_fast.benchmark without running the suite: results folder, row order, recorded state, busy warning."""
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,18 @@ def test_run_bench_records_git_and_load_and_keeps_results(monkeypatch, tmp_path,
     assert set(result["versions"]) >= {"python", "torch", "dgm_fast", "pytest_benchmark"}
     assert "warning: the machine was busy" in capsys.readouterr().err
     assert result["busy_warning"].startswith("the machine was busy")
+
+
+@pytest.mark.parametrize(("args", "whole_suite"), [
+    ([], True), (["-k", "vae"], True), (["bench/test_vae_bench.py"], False),
+    (["bench/test_vae_bench.py::test_iwae_k1000", "-x"], False),
+])
+def test_named_bench_files_run_alone(monkeypatch, args, whole_suite):
+    commands = []
+    monkeypatch.setattr(benchmark.subprocess, "run",
+                        lambda cmd, cwd: commands.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    suite = benchmark.bench_dir()
+    assert benchmark._run_pytest(suite, "cpu", False, args) == (0, None)
+    (cmd,) = commands
+    assert (str(suite) in cmd) == whole_suite
+    assert cmd[len(cmd) - len(args):] == args

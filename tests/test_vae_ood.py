@@ -24,6 +24,7 @@ from PIL import Image
 from dgm_fast.cli import main
 from dgm_fast.demo import ood_data, ood_run
 from dgm_fast.models.dcgan_vae import DCGANVAE
+from dgm_fast.models import ood as ood_module
 from dgm_fast.models.ood import LatentMahalanobis, likelihood_regret, ood_metrics, png_bits, train_vae
 from dgm_fast.vae.reference import latent_noise
 
@@ -123,6 +124,18 @@ def test_likelihood_regret_checks_its_arguments(tiny_vae):
         likelihood_regret(tiny_vae, x, n_samples=1, steps=0, index=torch.arange(3))
     with pytest.raises(ValueError, match="^x must be images"):
         likelihood_regret(tiny_vae, x[:, :, :8], n_samples=1, steps=0)
+
+
+@pytest.mark.parametrize("options, match", [
+    (dict(method="LR_Z", weight_decay=1e-3), "^weight_decay must be 0 for LR_Z"),
+    (dict(method="LR_E", weight_decay=-1.0), "^weight_decay"),
+    (dict(lr=0.0), "^lr"),
+    (dict(steps=-1), "^steps"),
+])
+def test_likelihood_regret_checks_its_options_before_the_likelihood(tiny_vae, monkeypatch, options, match):
+    monkeypatch.setattr(ood_module, "iwae_nll", lambda *a, **k: pytest.fail("the K-sample likelihood ran first"))
+    with pytest.raises(ValueError, match=match):
+        likelihood_regret(tiny_vae, ood_data.noise(2).double(), n_samples=1, **options)
 
 
 # --- baselines and metrics -------------------------------------------------------------------------------------

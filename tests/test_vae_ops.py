@@ -323,6 +323,10 @@ def test_deconv_likelihood_equals_the_layer_then_the_likelihood(bias):
     (dict(weight=torch.zeros(3, 100, 4, 4)), ValueError, "weight"),
     (dict(bias=torch.zeros(255)), ValueError, "bias"),
     (dict(target=torch.zeros(3, 1, 8, 8, dtype=torch.long)), ValueError, "target"),
+    (dict(target=torch.zeros(2, 1, 8, 9, dtype=torch.long)), ValueError, "target"),
+    (dict(target=torch.zeros(2, 2, 8, 8, dtype=torch.long)), ValueError, "target"),
+    (dict(target=torch.full((2, 1, 8, 8), 256)), ValueError, "target"),
+    (dict(target=torch.zeros(2, 1, 8, 8)), TypeError, "target"),
     (dict(chunk=0), ValueError, "chunk"),
 ])
 def test_deconv_likelihood_bad_input_names_the_argument(kwargs, error, argument):

@@ -83,12 +83,11 @@ class DCGANVAE(nn.Module):
                              f"got shape {tuple(x.shape)}")
         return x
 
-    def decoded_nll(self, z: Tensor, target: Tensor, chunk: int = 16) -> Tensor:
-        """``-log p(target | z)`` per row, the last layer and the likelihood ``chunk`` rows at a time
-        (``categorical_pixel_nll_deconv``): the full logits (3 MB a row for nc = 3) never exist for
-        more than ``chunk`` rows."""
+    def decoded_nll(self, z: Tensor, target: Tensor) -> Tensor:
+        """``-log p(target | z)`` per row, the last layer and the likelihood a few rows at a time
+        (``categorical_pixel_nll_deconv``): the full logits (3 MB a row for nc = 3) never exist."""
         last = self.decoder.last
-        return categorical_pixel_nll_deconv(self.decoder.hidden(z), last.weight, last.bias, target, chunk=chunk)
+        return categorical_pixel_nll_deconv(self.decoder.hidden(z), last.weight, last.bias, target)
 
     def loss(self, x: Tensor, *, beta: float = 1.0, seed: int = 0, index: Tensor | None = None,
              draw: int = 0) -> Tensor:

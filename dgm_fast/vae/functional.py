@@ -50,11 +50,16 @@ def categorical_pixel_nll(logits: Tensor, target: Tensor) -> Tensor:
                          f"{tuple(logits.shape)}, got {tuple(target.shape)}")
     if target.device != logits.device:
         raise ValueError(f"target must be on the device of logits ({logits.device}), got {target.device}")
+    check_levels(target)
+    return NLL(logits, target.long())[0]
+
+
+def check_levels(target: Tensor) -> None:
+    """ValueError unless the integer ``target`` holds pixel values in [0, 255]."""
     if target.numel() and not torch.compiler.is_compiling():
         low, high = (int(v) for v in torch.aminmax(target))  # ints: uint8 would wrap 256 to 0
         if low < 0 or high >= N_LEVELS:
             raise ValueError(f"target must hold integers in [0, {N_LEVELS - 1}], got values in [{low}, {high}]")
-    return NLL(logits, target.long())[0]
 
 
 def _posterior(mu, logvar) -> None:

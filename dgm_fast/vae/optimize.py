@@ -115,7 +115,7 @@ def optimize_posterior(
     index = _index(index, mu.shape[0], mu.device)
     mu, logvar = (t.detach().clone().requires_grad_() for t in (mu, logvar))
     rows = torch.arange(mu.shape[0], device=mu.device)
-    opt = torch.optim.Adam([mu, logvar], lr=lr, foreach=True)
+    opt = torch.optim.Adam([mu, logvar], lr=lr, fused=True)
     with _frozen(decoder):
         for s in range(steps):
             z = reparameterize(mu, logvar, seed, index, draw + s)
@@ -166,7 +166,7 @@ def optimize_encoder(
     nll_of = decoded_nll(decoder, x, likelihood)
     with frozen(encoder), _frozen(decoder):
         params, encode = per_image_encoder(encoder, x.shape[0])
-        opt = torch.optim.Adam(list(params.values()), lr=lr, weight_decay=weight_decay, foreach=True)
+        opt = torch.optim.Adam(list(params.values()), lr=lr, weight_decay=weight_decay, fused=True)
         for s in range(steps):
             mu, logvar = encode(params, x)
             z = reparameterize(mu, logvar, seed, index, draw + s)

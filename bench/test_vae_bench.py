@@ -13,9 +13,9 @@ parameters come from conftest.py.
   of 200 samples as the published code (decoder, permuted copy, cross-entropy, log-densities,
   logsumexp); ``compiled``: the same chunk under ``torch.compile``; ``dgm_fast``:
   ``importance_weighted_nll`` with the model's ``decoded_nll`` (the last layer and the fused
-  likelihood 16 samples at a time). Rows record ``peak_mb``, the largest amount of memory the
-  call held at once beyond its inputs (torch.profiler's allocation events), and ``flops``, the
-  decoder's convolutions; ``decoder_k1000`` times those convolutions alone (the decoder's
+  likelihood 8 samples at a time). Rows record ``peak_extra_bytes``, the most memory the
+  call held at once beyond what it held before (``dgm_fast.benchmark.peak_extra_bytes``), and
+  ``flops``, the decoder's convolutions; ``decoder_k1000`` times those convolutions alone (the decoder's
   forward on 5 x 200 latents), the floor of any likelihood that runs the decoder.
 * ``lr_z_steps`` / ``lr_e_steps``: the optimisation part of Likelihood Regret (4.3), ``STEPS``
   Adam steps for ``IMAGES`` images. ``per_image``: the published loop, one image at a time (for
@@ -32,9 +32,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.profiler import ProfilerActivity, profile
 
 import dgm_fast
+from dgm_fast.benchmark import peak_extra_bytes
 from dgm_fast.models.dcgan_vae import DCGANVAE
 from dgm_fast.models.ood import fit_posterior
 from dgm_fast.vae import categorical_target, importance_weighted_nll
@@ -132,17 +132,6 @@ def _iwae_fn(contender, model, x, mu, logvar):
     return official
 
 
-def peak_mb(fn) -> float:
-    """The most memory ``fn`` holds at once (MB): the running sum of the profiler's allocations."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    running = peak = 0
-    for event in sorted((e for e in prof.events() if e.name == "[memory]"), key=lambda e: e.time_range.start):
-        running += event.cpu_memory_usage
-        peak = max(peak, running)
-    return peak / 2**20
-
-
 @pytest.mark.parametrize("variant", ["dgm_fast", "official", "compiled"])
 def test_iwae_k1000(measure, bench_config, cifar_vae, variant):
     if bench_config.device.type != "cpu":
@@ -150,7 +139,8 @@ def test_iwae_k1000(measure, bench_config, cifar_vae, variant):
     model, x, mu, logvar = cifar_vae
     fn = _iwae_fn(variant, model, x, mu, logvar)
     fn()  # compile outside the memory measurement
-    measure(fn, op="iwae_k1000", contender=variant, size=K, dtype=DTYPE, peak_mb=round(peak_mb(fn), 1),
+    peak = peak_extra_bytes(fn, bench_config.device)
+    measure(fn, op="iwae_k1000", contender=variant, size=K, dtype=DTYPE, peak_extra_bytes=peak,
             flops=K * decoder_flops(model), backend="auto" if variant == "dgm_fast" else None,
             backend_op="categorical_pixel_nll")
 

@@ -124,14 +124,19 @@ def fit_posterior(model: nn.Module, x: Tensor, *, method: str = "LR_Z", steps: i
     ``DEFAULTS[method]``). Returns the optimised (mu, logvar)."""
     model.check_images(x)
     steps, lr, weight_decay = _options(method, steps, lr, weight_decay)
+    posterior = encode(model, x) if method == "LR_Z" else None  # LR_E starts from the encoder itself
+    return _fit(model, x, posterior, method, steps, lr, weight_decay, beta, seed, _index(index, x), draw)
+
+
+def _fit(model, x, posterior, method, steps, lr, weight_decay, beta, seed, index, draw) -> tuple[Tensor, Tensor]:
+    """``fit_posterior`` on checked arguments; LR_Z starts from the encoder's ``posterior`` (mu, logvar)."""
     # the likelihood through decoded_nll: the DCGAN VAE's last layer fused with it runs a step 1.6x
     # faster than the decoder then the likelihood (its logits never exist at once)
-    fit = {"beta": beta, "seed": seed, "index": _index(index, x), "draw": draw,
+    fit = {"beta": beta, "seed": seed, "index": index, "draw": draw,
            "likelihood": lambda z, images: model.decoded_nll(z, categorical_target(images))}
     with frozen(model):
         if method == "LR_Z":
-            mu, logvar = encode(model, x)
-            return optimize_posterior(_latent, x, mu, logvar, steps, lr, **fit)
+            return optimize_posterior(_latent, x, *posterior, steps, lr, **fit)
         return optimize_encoder(model.encoder, _latent, x, steps, lr, weight_decay=weight_decay, **fit)
 
 
@@ -151,11 +156,10 @@ def likelihood_regret(model: nn.Module, x: Tensor, *, method: str = "LR_Z", n_sa
     n_samples = _checks.integer("n_samples", n_samples, low=1)
     steps, lr, weight_decay = _options(method, steps, lr, weight_decay)  # checked before the long work
     index = _index(index, x)
+    posterior = encode(model, x)
     if nll_before is None:
-        mu, logvar = encode(model, x)
-        nll_before = iwae_nll(model, x, mu, logvar, n_samples, chunk=chunk, seed=seed, index=index)
-    mu, logvar = fit_posterior(model, x, method=method, steps=steps, lr=lr, weight_decay=weight_decay, beta=beta,
-                               seed=seed, index=index, draw=n_samples)
+        nll_before = iwae_nll(model, x, *posterior, n_samples, chunk=chunk, seed=seed, index=index)
+    mu, logvar = _fit(model, x, posterior, method, steps, lr, weight_decay, beta, seed, index, n_samples)
     nll_after = iwae_nll(model, x, mu, logvar, n_samples, chunk=chunk, seed=seed, index=index,
                          draw=n_samples + steps)
     return {"nll_before": nll_before, "nll_after": nll_after, "regret": nll_before - nll_after}

@@ -1,4 +1,5 @@
-"""Triton backend of the affine coupling layer, dissertation §2.2.3 ("Coupling Layers").
+"""Triton backend of the affine coupling layer, dissertation §2.2.3 ("Coupling Layers"), and of the
+whole CouplingFlow of §3.2 (its section below).
 
 The layer keeps z1 and maps the other part x2 with a scale and a shift that a
 network computed from z1 (specification: ``dgm_fast/coupling/reference.py``):
@@ -58,11 +59,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
+from .mlp_tiles import BLOCK_K, bias, block_rows, matmul, pad, stage, tile
 from .rounding import div_rn
 
 SCALES = ("exp", "atan", "tanh", "sigmoid")  # scale codes: the order of dgm_fast.coupling.reference.SCALES
@@ -541,3 +545,483 @@ def affine_coupling_backward_triton(
             ACC=_acc(x2.dtype), SCALE=scale, INVERSE=bool(inverse), ROWS=rows, BLOCK_D=block_d,
             num_warps=warps, enable_fp_fusion=False,
         )
+
+
+# ---------------------------------------------------------------------------
+# The whole flow (CouplingFlow, §3.2 Figure 3.1(b); spec: coupling_flow_reference
+# in dgm_fast/coupling/reference.py), one kernel per direction and one for the
+# backward.
+#
+# A program owns BLOCK_M rows and runs them through every block: the halves
+# z1, z2 stay in registers as [BLOCK_M, P] tiles (P: the larger half padded
+# for tl.dot), each coupling's subnet is a chain of kernels/mlp_tiles.py
+# products with the packed weights read from L2, and a permutation is one
+# store of both halves to a scratch row and one gather load back (the column
+# indices as data: no data-dependent register shuffles). The backward runs
+# the blocks in reverse, recomputing each block from its input in `saved`
+# (the forward's activations are never read back), with the subnets'
+# activations kept in per-program scratch slots; weight gradients go to a
+# per-program partial buffer (no atomics: deterministic), summed at the end.
+# ---------------------------------------------------------------------------
+LEAKY_SLOPE: tl.constexpr = tl.constexpr(0.01)  # F.leaky_relu's default, the reference's
+FLOW_ACTIVATIONS = ("relu", "leaky_relu", "tanh", "elu")  # codes: the order of reference.ACTIVATIONS
+PARTIAL_BYTES = 64 << 20  # the backward's per-program weight-gradient partials, at most (all programs)
+
+
+@triton.jit
+def _flow_act(h, ACT: tl.constexpr):
+    """ACTIVATIONS[ACT] of the reference (relu, leaky_relu, tanh, elu); NaN propagates."""
+    if ACT == 0:
+        a = tl.where(h < 0.0, 0.0, h)
+    elif ACT == 1:
+        a = tl.where(h < 0.0, h * _const(LEAKY_SLOPE, h), h)
+    elif ACT == 2:
+        a = _tanh(h)
+    else:
+        a = tl.where(h < 0.0, _exp(h) - 1.0, h)
+    return a
+
+
+@triton.jit
+def _flow_act_grad(g, a, ACT: tl.constexpr):
+    """The activation's backward from its output a, as torch's threshold_backward / leaky_relu_backward /
+    tanh_backward / elu_backward (csrc/cpu/coupling_math.h activation_grad)."""
+    if ACT == 0:
+        r = tl.where(a <= 0.0, 0.0, g)
+    elif ACT == 1:
+        r = tl.where(a > 0.0, g, g * _const(LEAKY_SLOPE, g))
+    elif ACT == 2:
+        r = g * (1.0 - a * a)
+    else:
+        r = tl.where(a <= 0.0, g * (a + 1.0), g)
+    return r
+
+
+@triton.jit
+def _save(ptr, value, rows, row_ok, WIDTH, P: tl.constexpr):
+    """value's real [rows, WIDTH] part to a row-major matrix of WIDTH columns."""
+    cols = tl.arange(0, P)[None, :]
+    tl.store(ptr + rows[:, None] * WIDTH + cols, value.to(ptr.dtype.element_ty), mask=row_ok[:, None] & (cols < WIDTH))
+
+
+@triton.jit
+def _subnet(cond, slots, w_c, b_c, saved_c, rows, row_ok, n_rows,
+            ACT: tl.constexpr, N_LAYERS: tl.constexpr, CW: tl.constexpr, XW: tl.constexpr, HIDDEN: tl.constexpr,
+            P: tl.constexpr, H_PAD: tl.constexpr, K_LAST: tl.constexpr, SLOT: tl.constexpr, BLOCK_M: tl.constexpr,
+            KEEP: tl.constexpr, SAVE: tl.constexpr):
+    """(s, t) [BLOCK_M, P] of one coupling's subnet Linear -> act -> ... -> Linear on cond.
+
+    Layer k's input is staged in slot k (KEEP: the backward reads them) or always in the first slot;
+    SAVE writes cond, each hidden output and (s, t) to saved_c in the reference's layout."""
+    stage(slots, cond, BLOCK_M, P)
+    if SAVE:
+        _save(saved_c, cond, rows, row_ok, CW, P)
+    slot = slots
+    w_last = w_c
+    if N_LAYERS > 1:
+        saved_h = saved_c + n_rows * CW
+        a = _flow_act(matmul(slots, w_c, P, H_PAD, True, BLOCK_M) + bias(b_c, H_PAD), ACT)
+        a = tl.where((tl.arange(0, H_PAD)[None, :] < HIDDEN), a, 0.0)  # padded units: 0 (their zero weights times inf is NaN)
+        for k in tl.static_range(1, N_LAYERS - 1):
+            if KEEP:
+                slot = slots + k * SLOT
+            stage(slot, a, BLOCK_M, H_PAD)
+            if SAVE:
+                _save(saved_h + (k - 1) * n_rows * HIDDEN, a, rows, row_ok, HIDDEN, H_PAD)
+            h = matmul(slot, w_c + H_PAD * P + (k - 1) * H_PAD * H_PAD, H_PAD, H_PAD, True, BLOCK_M)
+            a = _flow_act(h + bias(b_c + k * H_PAD, H_PAD), ACT)
+            a = tl.where((tl.arange(0, H_PAD)[None, :] < HIDDEN), a, 0.0)
+        if KEEP:
+            slot = slots + (N_LAYERS - 1) * SLOT
+        stage(slot, a, BLOCK_M, H_PAD)
+        if SAVE:
+            _save(saved_h + (N_LAYERS - 2) * n_rows * HIDDEN, a, rows, row_ok, HIDDEN, H_PAD)
+        w_last = w_c + H_PAD * P + (N_LAYERS - 2) * H_PAD * H_PAD
+    b_last = b_c + (N_LAYERS - 1) * H_PAD
+    real = (tl.arange(0, P)[None, :] < XW)
+    s = tl.where(real, matmul(slot, w_last, K_LAST, P, True, BLOCK_M) + bias(b_last, P), 0.0)
+    t = tl.where(real, matmul(slot, w_last + P * K_LAST, K_LAST, P, True, BLOCK_M) + bias(b_last + P, P), 0.0)
+    if SAVE:
+        saved_st = saved_c + n_rows * (CW + (N_LAYERS - 1) * HIDDEN)
+        cols = tl.arange(0, P)[None, :]
+        at = saved_st + rows[:, None] * (2 * XW) + cols
+        mask = row_ok[:, None] & (cols < XW)
+        tl.store(at, s.to(saved_st.dtype.element_ty), mask=mask)
+        tl.store(at + XW, t.to(saved_st.dtype.element_ty), mask=mask)
+    return s, t
+
+
+@triton.jit
+def _couple(cond, x, slots, w_c, b_c, saved_c, rows, row_ok, n_rows, clamp, gain,
+            SCALE: tl.constexpr, ACT: tl.constexpr, INVERSE: tl.constexpr, N_LAYERS: tl.constexpr,
+            CW: tl.constexpr, XW: tl.constexpr, HIDDEN: tl.constexpr, P: tl.constexpr, H_PAD: tl.constexpr,
+            K_LAST: tl.constexpr, SLOT: tl.constexpr, BLOCK_M: tl.constexpr, KEEP: tl.constexpr,
+            SAVE: tl.constexpr):
+    """One affine coupling (§2.2.3) of x from cond: (y, this coupling's logdet per row, s)."""
+    s, t = _subnet(cond, slots, w_c, b_c, saved_c, rows, row_ok, n_rows, ACT, N_LAYERS, CW, XW, HIDDEN, P, H_PAD,
+                   K_LAST, SLOT, BLOCK_M, KEEP, SAVE)
+    real = (tl.arange(0, P)[None, :] < XW)
+    l = tl.where(real, _log_scale(s, clamp, gain, SCALE), 0.0)
+    if INVERSE:
+        y = (x - t) * _exp(-l)
+        logdet = -tl.sum(l, axis=1)
+    else:
+        y = x * _exp(l) + t
+        logdet = tl.sum(l, axis=1)
+    return tl.where(real, y, 0.0), logdet, s
+
+
+@triton.jit
+def _permute(x1, x2, z_slot, idx_ptr, D1: tl.constexpr, D2: tl.constexpr, P: tl.constexpr,
+             BLOCK_M: tl.constexpr):
+    """The halves of cat(x1, x2)[:, idx]: both halves to a scratch row, then a gather load."""
+    at = z_slot + tl.arange(0, BLOCK_M)[:, None] * (2 * P)  # a row holds D1 + D2 <= 2P values
+    cols = tl.arange(0, P)[None, :]
+    tl.debug_barrier()  # the previous gather's reads are done
+    tl.store(at + cols, x1, mask=cols < D1)
+    tl.store(at + D1 + cols, x2, mask=cols < D2)
+    tl.debug_barrier()
+    i1 = tl.load(idx_ptr + cols, mask=cols < D1, other=0)
+    i2 = tl.load(idx_ptr + D1 + cols, mask=cols < D2, other=0)
+    return tl.load(at + i1, mask=cols < D1, other=0.0), tl.load(at + i2, mask=cols < D2, other=0.0)
+
+
+@triton.jit
+def _load_halves(ptr, rows, row_ok, D1: tl.constexpr, D2: tl.constexpr, P: tl.constexpr, ACC: tl.constexpr):
+    """The [BLOCK_M, P] halves of rows of a (n, D1 + D2) matrix, 0 outside it."""
+    at = ptr + rows[:, None] * (D1 + D2) + tl.arange(0, P)[None, :]
+    x1 = tl.load(at, mask=row_ok[:, None] & (tl.arange(0, P)[None, :] < D1), other=0.0).to(ACC)
+    x2 = tl.load(at + D1, mask=row_ok[:, None] & (tl.arange(0, P)[None, :] < D2), other=0.0).to(ACC)
+    return x1, x2
+
+
+@triton.jit
+def _store_halves(ptr, x1, x2, rows, row_ok, D1: tl.constexpr, D2: tl.constexpr, P: tl.constexpr):
+    at = ptr + rows[:, None] * (D1 + D2) + tl.arange(0, P)[None, :]
+    tl.store(at, x1.to(ptr.dtype.element_ty), mask=row_ok[:, None] & (tl.arange(0, P)[None, :] < D1))
+    tl.store(at + D1, x2.to(ptr.dtype.element_ty), mask=row_ok[:, None] & (tl.arange(0, P)[None, :] < D2))
+
+
+@triton.jit
+def _coupling_flow_kernel(
+    z_ptr, w_ptr, b_ptr, idx_ptr, scratch_ptr, out_ptr, logdet_ptr, saved_ptr, n_rows,
+    clamp: tl.float64, gain: tl.float64,
+    ACC: tl.constexpr, SCALE: tl.constexpr, ACT: tl.constexpr, INVERSE: tl.constexpr, SAVE: tl.constexpr,
+    N_BLOCKS: tl.constexpr, N_LAYERS: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr, HIDDEN: tl.constexpr,
+    P: tl.constexpr, H_PAD: tl.constexpr, K_LAST: tl.constexpr, W_MAX: tl.constexpr,
+    W_STRIDE: tl.constexpr, B_STRIDE: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """out, logdet (and the forward's saved: block inputs, then with SAVE the activations) of the flow."""
+    clamp = tl.full([], clamp, ACC)  # rounded once, as torch rounds the reference's Python scalars
+    gain = tl.full([], gain, ACC)
+    pid = tl.program_id(0).to(tl.int64)
+    n_rows = n_rows.to(tl.int64)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < n_rows
+    z_slot = scratch_ptr + pid * (BLOCK_M * (2 * P + W_MAX))
+    a_slot = z_slot + BLOCK_M * 2 * P
+    x1, x2 = _load_halves(z_ptr, rows, row_ok, D1, D2, P, ACC)
+    logdet = tl.zeros([BLOCK_M], ACC)
+    # per block, the saved activations of its two couplings: cond, hidden outputs, (s, t) each
+    act_block = n_rows * (3 * (D1 + D2) + 2 * (N_LAYERS - 1) * HIDDEN)
+    act_odd = n_rows * (D1 + (N_LAYERS - 1) * HIDDEN + 2 * D2)
+    act_base = saved_ptr + N_BLOCKS * n_rows * (D1 + D2)
+    for i in range(N_BLOCKS):
+        if INVERSE:
+            b = N_BLOCKS - 1 - i
+            x1, x2 = _permute(x1, x2, z_slot, idx_ptr + (2 * b + 1) * (D1 + D2), D1, D2, P, BLOCK_M)
+            x1, ld1, _s = _couple(x2, x1, a_slot, w_ptr + (2 * b + 1) * W_STRIDE, b_ptr + (2 * b + 1) * B_STRIDE,
+                                  saved_ptr, rows, row_ok, n_rows, clamp, gain, SCALE, ACT, True, N_LAYERS, D2, D1,
+                                  HIDDEN, P, H_PAD, K_LAST, 0, BLOCK_M, False, False)
+            x2, ld2, _s = _couple(x1, x2, a_slot, w_ptr + 2 * b * W_STRIDE, b_ptr + 2 * b * B_STRIDE,
+                                  saved_ptr, rows, row_ok, n_rows, clamp, gain, SCALE, ACT, True, N_LAYERS, D1, D2,
+                                  HIDDEN, P, H_PAD, K_LAST, 0, BLOCK_M, False, False)
+            logdet = logdet + ld1 + ld2
+        else:
+            b = i
+            _store_halves(saved_ptr + b * n_rows * (D1 + D2), x1, x2, rows, row_ok, D1, D2, P)
+            saved_c = act_base + b * act_block
+            x2, ld2, _s = _couple(x1, x2, a_slot, w_ptr + 2 * b * W_STRIDE, b_ptr + 2 * b * B_STRIDE,
+                                  saved_c, rows, row_ok, n_rows, clamp, gain, SCALE, ACT, False, N_LAYERS, D1, D2,
+                                  HIDDEN, P, H_PAD, K_LAST, 0, BLOCK_M, False, SAVE)
+            x1, ld1, _s = _couple(x2, x1, a_slot, w_ptr + (2 * b + 1) * W_STRIDE, b_ptr + (2 * b + 1) * B_STRIDE,
+                                  saved_c + act_odd, rows, row_ok, n_rows, clamp, gain, SCALE, ACT, False, N_LAYERS,
+                                  D2, D1, HIDDEN, P, H_PAD, K_LAST, 0, BLOCK_M, False, SAVE)
+            logdet = logdet + ld2 + ld1
+            x1, x2 = _permute(x1, x2, z_slot, idx_ptr + 2 * b * (D1 + D2), D1, D2, P, BLOCK_M)
+    _store_halves(out_ptr, x1, x2, rows, row_ok, D1, D2, P)
+    tl.store(logdet_ptr + rows, logdet.to(logdet_ptr.dtype.element_ty), mask=row_ok)
+
+
+@triton.jit
+def _weight_grad(gw_ptr, gb_ptr, d_ptr, a_ptr, N: tl.constexpr, K: tl.constexpr, BLOCK_M: tl.constexpr):
+    """gw (N, K) += d^T a and gb (N,) += d's column sums, for the staged tiles d [BLOCK_M, N] and
+    a [BLOCK_M, K], MIN_DOT rows of gw at a time (a whole 256 x 256 tile would not fit in registers)."""
+    rows = tl.arange(0, BLOCK_M)
+    kk = tl.arange(0, K)
+    a = tl.load(a_ptr + rows[:, None] * K + kk[None, :])
+    for n0 in range(0, N, BLOCK_K):
+        nn = n0 + tl.arange(0, BLOCK_K)
+        d = tl.load(d_ptr + rows[:, None] * N + nn[None, :])
+        at = gw_ptr + nn[:, None] * K + kk[None, :]
+        tl.store(at, tl.load(at) + tl.dot(tl.trans(d), a, input_precision="ieee"))
+        tl.store(gb_ptr + nn, tl.load(gb_ptr + nn) + tl.sum(d, axis=0))
+
+
+@triton.jit
+def _couple_backward(gy, g_log, x, s, slots, d_slot, w_c, gw_c, gb_c, row_ok, clamp, gain,
+                     SCALE: tl.constexpr, ACT: tl.constexpr, N_LAYERS: tl.constexpr, XW: tl.constexpr,
+                     HIDDEN: tl.constexpr, P: tl.constexpr, H_PAD: tl.constexpr, K_LAST: tl.constexpr,
+                     SLOT: tl.constexpr, BLOCK_M: tl.constexpr):
+    """(dL/dx, dL/dcond) of the forward coupling y = x e^l + t, l = g(s), (s, t) = subnet(cond), given
+    dL/dy and dL/dlogdet (the formulas of affine_coupling_backward_reference), with the subnet's weight
+    gradients added to gw_c, gb_c; its inputs are in slots (_subnet's KEEP)."""
+    real = row_ok[:, None] & (tl.arange(0, P)[None, :] < XW)
+    l, dl = _log_scale_and_derivative(s, clamp, gain, SCALE)
+    e = _exp(l)
+    gx = gy * e
+    gs = gy * x * e + g_log[:, None]
+    if SCALE != 0:
+        gs = gs * dl
+    gs = tl.where(real, gs, 0.0)
+    gt = tl.where(real, gy, 0.0)
+    # the output layer (s rows, then t rows, of a (2P, K_LAST) packed weight)
+    last = 0
+    if N_LAYERS > 1:
+        last = H_PAD * P + (N_LAYERS - 2) * H_PAD * H_PAD
+    w_last, gw_last = w_c + last, gw_c + last
+    gb_last = gb_c + (N_LAYERS - 1) * H_PAD
+    a_last = slots + (N_LAYERS - 1) * SLOT
+    stage(d_slot, gs, BLOCK_M, P)
+    _weight_grad(gw_last, gb_last, d_slot, a_last, P, K_LAST, BLOCK_M)
+    delta = matmul(d_slot, w_last, P, K_LAST, False, BLOCK_M)
+    stage(d_slot, gt, BLOCK_M, P)
+    _weight_grad(gw_last + P * K_LAST, gb_last + P, d_slot, a_last, P, K_LAST, BLOCK_M)
+    delta += matmul(d_slot, w_last + P * K_LAST, P, K_LAST, False, BLOCK_M)
+    if N_LAYERS > 1:
+        for j in tl.static_range(N_LAYERS - 2):  # hidden layers L-2 .. 1: H_PAD -> H_PAD
+            k = N_LAYERS - 2 - j  # input in slot k, output (post-activation) in slot k + 1
+            a_out = tl.load(tile(slots + (k + 1) * SLOT, BLOCK_M, H_PAD))
+            delta = tl.where((tl.arange(0, H_PAD)[None, :] < HIDDEN), _flow_act_grad(delta, a_out, ACT), 0.0)
+            stage(d_slot, delta, BLOCK_M, H_PAD)
+            offset = H_PAD * P + (k - 1) * H_PAD * H_PAD
+            _weight_grad(gw_c + offset, gb_c + k * H_PAD, d_slot, slots + k * SLOT, H_PAD, H_PAD, BLOCK_M)
+            delta = matmul(d_slot, w_c + offset, H_PAD, H_PAD, False, BLOCK_M)
+        # layer 0: P -> H_PAD
+        a_out = tl.load(tile(slots + SLOT, BLOCK_M, H_PAD))
+        delta = tl.where((tl.arange(0, H_PAD)[None, :] < HIDDEN), _flow_act_grad(delta, a_out, ACT), 0.0)
+        stage(d_slot, delta, BLOCK_M, H_PAD)
+        _weight_grad(gw_c, gb_c, d_slot, slots, H_PAD, P, BLOCK_M)
+        delta = matmul(d_slot, w_c, H_PAD, P, False, BLOCK_M)
+    return gx, delta
+
+
+@triton.jit
+def _coupling_flow_backward_kernel(
+    gu_ptr, gl_ptr, saved_ptr, w_ptr, b_ptr, idx_ptr, scratch_ptr, gz_ptr, gw_ptr, gb_ptr, n_rows,
+    clamp: tl.float64, gain: tl.float64,
+    ACC: tl.constexpr, SCALE: tl.constexpr, ACT: tl.constexpr,
+    N_BLOCKS: tl.constexpr, N_LAYERS: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr, HIDDEN: tl.constexpr,
+    P: tl.constexpr, H_PAD: tl.constexpr, K_LAST: tl.constexpr,
+    W_STRIDE: tl.constexpr, B_STRIDE: tl.constexpr, SLOT: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """dL/dz and (added to this program's partials) dL/dweights, dL/dbiases of the forward flow, for the
+    row blocks pid, pid + programs, ..."""
+    clamp = tl.full([], clamp, ACC)
+    gain = tl.full([], gain, ACC)
+    pid = tl.program_id(0)
+    n_rows = n_rows.to(tl.int64)
+    z_slot = scratch_ptr + pid.to(tl.int64) * (BLOCK_M * 2 * P + (1 + 2 * N_LAYERS) * SLOT)
+    d_slot = z_slot + BLOCK_M * 2 * P
+    slots_a = d_slot + SLOT  # coupling 2b's subnet inputs
+    slots_b = slots_a + N_LAYERS * SLOT  # coupling 2b + 1's
+    gw_ptr += pid.to(tl.int64) * (2 * N_BLOCKS * W_STRIDE)
+    gb_ptr += pid.to(tl.int64) * (2 * N_BLOCKS * B_STRIDE)
+    for rb in range(pid, tl.cdiv(n_rows, BLOCK_M), tl.num_programs(0)):
+        rows = tl.arange(0, BLOCK_M).to(tl.int64) + rb * BLOCK_M  # int64 element offsets below
+        row_ok = rows < n_rows
+        g1, g2 = _load_halves(gu_ptr, rows, row_ok, D1, D2, P, ACC)
+        g_log = tl.load(gl_ptr + rows, mask=row_ok, other=0.0).to(ACC)
+        for i in range(N_BLOCKS):
+            b = N_BLOCKS - 1 - i
+            # through the permutation, then recompute the block from its input
+            g1, g2 = _permute(g1, g2, z_slot, idx_ptr + (2 * b + 1) * (D1 + D2), D1, D2, P, BLOCK_M)
+            x1, x2 = _load_halves(saved_ptr + b * n_rows * (D1 + D2), rows, row_ok, D1, D2, P, ACC)
+            c_a, c_b = 2 * b, 2 * b + 1
+            y2, _ld, s_a = _couple(x1, x2, slots_a, w_ptr + c_a * W_STRIDE, b_ptr + c_a * B_STRIDE, saved_ptr,
+                                   rows, row_ok, n_rows, clamp, gain, SCALE, ACT, False, N_LAYERS, D1, D2, HIDDEN,
+                                   P, H_PAD, K_LAST, SLOT, BLOCK_M, True, False)
+            s_b, _t = _subnet(y2, slots_b, w_ptr + c_b * W_STRIDE, b_ptr + c_b * B_STRIDE, saved_ptr, rows,
+                              row_ok, n_rows, ACT, N_LAYERS, D2, D1, HIDDEN, P, H_PAD, K_LAST, SLOT, BLOCK_M,
+                              True, False)
+            gx1, g_cond = _couple_backward(g1, g_log, x1, s_b, slots_b, d_slot, w_ptr + c_b * W_STRIDE,
+                                           gw_ptr + c_b * W_STRIDE, gb_ptr + c_b * B_STRIDE, row_ok, clamp, gain,
+                                           SCALE, ACT, N_LAYERS, D1, HIDDEN, P, H_PAD, K_LAST, SLOT, BLOCK_M)
+            gx2, g_cond = _couple_backward(g2 + g_cond, g_log, x2, s_a, slots_a, d_slot, w_ptr + c_a * W_STRIDE,
+                                           gw_ptr + c_a * W_STRIDE, gb_ptr + c_a * B_STRIDE, row_ok, clamp, gain,
+                                           SCALE, ACT, N_LAYERS, D2, HIDDEN, P, H_PAD, K_LAST, SLOT, BLOCK_M)
+            g1, g2 = gx1 + g_cond, gx2
+        _store_halves(gz_ptr, g1, g2, rows, row_ok, D1, D2, P)
+
+
+class _FlowShape(NamedTuple):
+    """A flow's sizes and its packed layout: per coupling, layer 0 (H_PAD, P), the hidden layers
+    (H_PAD, H_PAD), the output layer (2P, K_LAST) with s in rows [0, P) and t in rows [P, 2P); biases
+    alike. Zero padding is exact (padded units are masked to 0; padded s, t columns too)."""
+
+    n_blocks: int
+    n_layers: int
+    d1: int
+    d2: int
+    hidden: int
+    p: int
+    h_pad: int
+    k_last: int
+
+    @property
+    def w_stride(self) -> int:
+        first = self.h_pad * self.p if self.n_layers > 1 else 0
+        return first + max(self.n_layers - 2, 0) * self.h_pad**2 + 2 * self.p * self.k_last
+
+    @property
+    def b_stride(self) -> int:
+        return (self.n_layers - 1) * self.h_pad + 2 * self.p
+
+    @property
+    def w_max(self) -> int:
+        return max(self.p, self.h_pad)
+
+    def constexprs(self) -> dict:
+        return {"N_BLOCKS": self.n_blocks, "N_LAYERS": self.n_layers, "D1": self.d1, "D2": self.d2,
+                "HIDDEN": self.hidden, "P": self.p, "H_PAD": self.h_pad, "K_LAST": self.k_last,
+                "W_STRIDE": self.w_stride, "B_STRIDE": self.b_stride}
+
+
+def _flow_shape(weights: Sequence[torch.Tensor], perms: Sequence[torch.Tensor]) -> _FlowShape:
+    n_blocks = len(perms)
+    n_layers = len(weights) // (2 * n_blocks)
+    dim = perms[0].numel()
+    hidden = weights[0].shape[0] if n_layers > 1 else 0
+    widths = {w.shape[0] for c in range(2 * n_blocks) for w in weights[c * n_layers:(c + 1) * n_layers - 1]}
+    if widths and widths != {hidden}:
+        raise ValueError(f"the Triton coupling flow needs one hidden width in every subnet, got {sorted(widths)}")
+    p = pad(dim - dim // 2)
+    h_pad = pad(hidden) if n_layers > 1 else p
+    return _FlowShape(n_blocks, n_layers, dim // 2, dim - dim // 2, hidden, p, h_pad, h_pad if n_layers > 1 else p)
+
+
+def _layer_views(w_row: torch.Tensor, b_row: torch.Tensor, shape: _FlowShape) -> list:
+    """(weight view, bias view) of each layer of one coupling in its packed rows; the output layer's are
+    (2, P, K_LAST) and (2, P): s, then t."""
+    views, w_at, b_at = [], 0, 0
+    for k in range(shape.n_layers - 1):
+        n_in = shape.p if k == 0 else shape.h_pad
+        views.append((w_row[w_at:w_at + shape.h_pad * n_in].view(shape.h_pad, n_in), b_row[b_at:b_at + shape.h_pad]))
+        w_at, b_at = w_at + shape.h_pad * n_in, b_at + shape.h_pad
+    views.append((w_row[w_at:].view(2, shape.p, shape.k_last), b_row[b_at:].view(2, shape.p)))
+    return views
+
+
+def _real_part(w_view: torch.Tensor, b_view: torch.Tensor, weight: torch.Tensor, last: bool):
+    """The views' parts that hold ``weight``'s layer (the rest is padding)."""
+    n_out, n_in = weight.shape
+    if last:
+        return w_view[:, : n_out // 2, :n_in], b_view[:, : n_out // 2]
+    return w_view[:n_out, :n_in], b_view[:n_out]
+
+
+def _pack_flow(weights, biases, shape: _FlowShape, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    n_c = 2 * shape.n_blocks
+    w = weights[0].new_zeros(n_c, shape.w_stride, dtype=dtype)
+    b = weights[0].new_zeros(n_c, shape.b_stride, dtype=dtype)
+    for c in range(n_c):
+        for k, (wv, bv) in enumerate(_layer_views(w[c], b[c], shape)):
+            layer = c * shape.n_layers + k
+            dst_w, dst_b = _real_part(wv, bv, weights[layer], k == shape.n_layers - 1)
+            dst_w.copy_(weights[layer].view(dst_w.shape))
+            dst_b.copy_(biases[layer].view(dst_b.shape))
+    return w, b
+
+
+def _unpack_flow(w: torch.Tensor, b: torch.Tensor, shape: _FlowShape, grad_w, grad_b) -> None:
+    """Writes the layers of packed gradients w, b into the lists grad_w, grad_b (shaped as the layers)."""
+    for c in range(2 * shape.n_blocks):
+        for k, (wv, bv) in enumerate(_layer_views(w[c], b[c], shape)):
+            layer = c * shape.n_layers + k
+            src_w, src_b = _real_part(wv, bv, grad_w[layer], k == shape.n_layers - 1)
+            grad_w[layer].copy_(src_w.reshape(grad_w[layer].shape))
+            grad_b[layer].copy_(src_b.reshape(grad_b[layer].shape))
+
+
+def _permutation_indices(perms: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(n_blocks, 2, dim) int32: each block's permutation and its inverse."""
+    return torch.stack([torch.stack([p, torch.argsort(p)]) for p in perms]).to(torch.int32)
+
+
+def _flow_codes(scale: int, clamp: float, activation: int) -> tuple[int, float, float, int]:
+    scale, clamp, gain = _scalars(scale, clamp)
+    activation = int(activation)
+    if not 0 <= activation < len(FLOW_ACTIVATIONS):
+        raise ValueError(f"activation code must be in [0, {len(FLOW_ACTIVATIONS)}), got {activation}")
+    return scale, clamp, gain, activation
+
+
+def coupling_flow_triton(z, weights, biases, perms, out, logdet, saved, scale: int, clamp: float, activation: int,
+                         inverse: bool, store_activations: bool) -> None:
+    """Writes out, logdet and (forward) saved of ``dgm_fast::coupling_flow`` (layout: its reference).
+
+    Contiguous z (B, dim) and nn.Linear-layout layers, float32 or float64; scale and activation codes are
+    indices in SCALES and FLOW_ACTIVATIONS."""
+    scale, clamp, gain, activation = _flow_codes(scale, clamp, activation)
+    n = z.shape[0]
+    if n == 0:
+        return
+    shape = _flow_shape(weights, perms)
+    acc = torch.float64 if z.dtype == torch.float64 else torch.float32
+    w, b = _pack_flow(weights, biases, shape, acc)
+    block_m, warps = block_rows(n, shape.w_max, z)
+    programs = triton.cdiv(n, block_m)
+    scratch = torch.empty(programs * block_m * (2 * shape.p + shape.w_max), dtype=acc, device=z.device)
+    with torch.cuda.device(z.device) if z.is_cuda else contextlib.nullcontext():
+        _coupling_flow_kernel[(programs,)](
+            z, w, b, _permutation_indices(perms), scratch, out, logdet, saved if saved.numel() else out, n,
+            clamp, gain, ACC=_acc(z.dtype), SCALE=scale, ACT=activation, INVERSE=bool(inverse),
+            SAVE=bool(store_activations) and not inverse, W_MAX=shape.w_max, BLOCK_M=block_m,
+            **shape.constexprs(), num_warps=warps, num_stages=1, enable_fp_fusion=False,
+        )
+
+
+def coupling_flow_backward_triton(grad_u, grad_logdet, saved, weights, biases, perms, grad_z, grad_w, grad_b,
+                                  scale: int, clamp: float, activation: int, store_activations: bool) -> None:
+    """Writes grad_z and the lists grad_w, grad_b of ``dgm_fast::coupling_flow_backward``. Only the block
+    inputs at the head of ``saved`` are read: the backward recomputes the rest in registers and
+    scratch, which is cheaper on a GPU than reading stored activations back."""
+    scale, clamp, gain, activation = _flow_codes(scale, clamp, activation)
+    n = grad_u.shape[0]
+    if n == 0:
+        for g in (*grad_w, *grad_b):
+            g.zero_()
+        return
+    shape = _flow_shape(weights, perms)
+    acc = torch.float64 if grad_u.dtype == torch.float64 else torch.float32
+    w, b = _pack_flow(weights, biases, shape, acc)
+    block_m, warps = block_rows(n, shape.w_max, grad_u)
+    programs = triton.cdiv(n, block_m)
+    n_c = 2 * shape.n_blocks
+    # one partial per program: PARTIAL_BYTES in all and (GPU) one program a SM, each looping over row blocks
+    per_program = n_c * (shape.w_stride + shape.b_stride) * grad_u.element_size()
+    programs = max(1, min(programs, PARTIAL_BYTES // per_program))
+    if grad_u.is_cuda:
+        programs = min(programs, torch.cuda.get_device_properties(grad_u.device).multi_processor_count)
+    gw = grad_u.new_zeros(programs, n_c, shape.w_stride, dtype=acc)
+    gb = grad_u.new_zeros(programs, n_c, shape.b_stride, dtype=acc)
+    slot = block_m * shape.w_max
+    scratch = torch.empty(programs * (block_m * 2 * shape.p + (1 + 2 * shape.n_layers) * slot), dtype=acc,
+                          device=grad_u.device)
+    with torch.cuda.device(grad_u.device) if grad_u.is_cuda else contextlib.nullcontext():
+        _coupling_flow_backward_kernel[(programs,)](
+            grad_u, grad_logdet, saved, w, b, _permutation_indices(perms), scratch, grad_z, gw, gb, n,
+            clamp, gain, ACC=_acc(grad_u.dtype), SCALE=scale, ACT=activation, SLOT=slot, BLOCK_M=block_m,
+            **shape.constexprs(), num_warps=warps, num_stages=1, enable_fp_fusion=False,
+        )
+    _unpack_flow(gw.sum(0), gb.sum(0), shape, grad_w, grad_b)

@@ -14,9 +14,9 @@ biases as H_PAD vectors (D_PAD, H_PAD: powers of two >= 16, tl.dot's smallest
 tile). Zero padding is exact: padded units get zero weights out, padded inputs
 zero weights in. One program owns ``BLOCK_M`` rows (grid: cdiv(B, BLOCK_M)):
 their state and the current layer's [BLOCK_M, H_PAD] activations stay in
-registers over every step of a chain. A layer's matrix product stages its
-left operand in a per-program scratch tile and runs over K in chunks of 16,
-reading the weights from global memory (the toys' 256 x 256 layers are
+registers over every step of a chain. A layer's matrix product is
+``kernels/mlp_tiles.py``'s: its left operand staged in a per-program scratch
+tile, the weights read from global memory (the toys' 256 x 256 layers are
 256 KiB in float32: too big for shared memory, and every program rereads
 them from L2 each step). The pre-activations h_1 .. h_{L-2} the backward
 needs wait in scratch tiles too (h_{L-1} stays in registers). Threads read
@@ -46,13 +46,10 @@ from ..langevin.stream import stream_stride
 from ..philox import split_seed
 from .coupling import _const, _exp, _log_sigmoid
 from .langevin import _clip
+from .mlp_tiles import bias, block_rows, matmul, pad, stage, tile
 from .philox import philox_normal4
 from .rounding import div_rn
 
-MIN_DOT = 16  # tl.dot's smallest M, N, K on every Triton version we support
-BLOCK_K: tl.constexpr = tl.constexpr(MIN_DOT)  # the K chunk of the dots (_matmul)
-GPU_BLOCK_M = 32  # rows a program; MIN_DOT when that leaves SMs idle
-INTERPRETER_MAX_M = 1024  # the interpreter pays per program, not per row
 SOFTPLUS_THRESHOLD: tl.constexpr = tl.constexpr(20.0)  # torch's softplus is linear above it
 
 # ---------------------------------------------------------------------------
@@ -108,46 +105,6 @@ def _act_derivatives(h, slope, ACT: tl.constexpr):
 
 
 @triton.jit
-def _tile(ptr, BLOCK_M: tl.constexpr, WIDTH: tl.constexpr):
-    """Pointers of a row-major [BLOCK_M, WIDTH] scratch tile."""
-    return ptr + tl.arange(0, BLOCK_M)[:, None] * WIDTH + tl.arange(0, WIDTH)[None, :]
-
-
-@triton.jit
-def _stage(ptr, value, BLOCK_M: tl.constexpr, WIDTH: tl.constexpr):
-    """Stores a dot's left operand for _matmul. Other threads read it: a barrier before the store
-    (the slot's previous readers are done) and one after (the store is visible)."""
-    tl.debug_barrier()
-    tl.store(_tile(ptr, BLOCK_M, WIDTH), value)
-    tl.debug_barrier()
-
-
-@triton.jit
-def _matmul(a_ptr, w_ptr, K: tl.constexpr, N: tl.constexpr, TRANSPOSED: tl.constexpr, BLOCK_M: tl.constexpr):
-    """A W^T (TRANSPOSED: W packed (N, K), the forward) or A W (W packed (K, N), the backward) for the
-    staged [BLOCK_M, K] tile A, over K in chunks: only [BLOCK_M + N, BLOCK_K] operands pass through
-    shared memory, so 256-wide layers fit (a whole 256 x 256 float32 weight would not)."""
-    rows = tl.arange(0, BLOCK_M)
-    kk = tl.arange(0, BLOCK_K)
-    n = tl.arange(0, N)
-    acc = tl.zeros([BLOCK_M, N], a_ptr.dtype.element_ty)
-    for k0 in range(0, K, BLOCK_K):
-        a = tl.load(a_ptr + rows[:, None] * K + (k0 + kk)[None, :])
-        if TRANSPOSED:
-            w = tl.load(w_ptr + n[None, :] * K + (k0 + kk)[:, None])
-        else:
-            w = tl.load(w_ptr + (k0 + kk)[:, None] * N + n[None, :])
-        # IEEE float32 (TF32 would round the inputs to 10 bits); float64 as it is
-        acc = tl.dot(a, w, acc, input_precision="ieee")
-    return acc
-
-
-@triton.jit
-def _bias(b_ptr, N: tl.constexpr):
-    return tl.load(b_ptr + tl.arange(0, N))[None, :]
-
-
-@triton.jit
 def _real_units(h, units_ptr, H_PAD: tl.constexpr):
     """h with its padded units at 0: their zero weights times an infinite input would be NaN, and the
     next layer's zero weights would carry that NaN into the real units."""
@@ -159,12 +116,12 @@ def _forward(x_slot, a_slot, h_slots, w_in, w_hidden, b_hidden, units, slope,
              ACT: tl.constexpr, N_HIDDEN: tl.constexpr, D_PAD: tl.constexpr, H_PAD: tl.constexpr,
              BLOCK_M: tl.constexpr):
     """h_{L-1} of the staged x, as F.linear then act layer by layer; h_1 .. h_{L-2} to the h slots."""
-    h = _real_units(_matmul(x_slot, w_in, D_PAD, H_PAD, True, BLOCK_M) + _bias(b_hidden, H_PAD), units, H_PAD)
+    h = _real_units(matmul(x_slot, w_in, D_PAD, H_PAD, True, BLOCK_M) + bias(b_hidden, H_PAD), units, H_PAD)
     for i in tl.static_range(1, N_HIDDEN):
-        tl.store(_tile(h_slots + (i - 1) * BLOCK_M * H_PAD, BLOCK_M, H_PAD), h)
-        _stage(a_slot, _act(h, slope, ACT), BLOCK_M, H_PAD)
-        h = _matmul(a_slot, w_hidden + (i - 1) * H_PAD * H_PAD, H_PAD, H_PAD, True, BLOCK_M)
-        h = _real_units(h + _bias(b_hidden + i * H_PAD, H_PAD), units + i * H_PAD, H_PAD)
+        tl.store(tile(h_slots + (i - 1) * BLOCK_M * H_PAD, BLOCK_M, H_PAD), h)
+        stage(a_slot, _act(h, slope, ACT), BLOCK_M, H_PAD)
+        h = matmul(a_slot, w_hidden + (i - 1) * H_PAD * H_PAD, H_PAD, H_PAD, True, BLOCK_M)
+        h = _real_units(h + bias(b_hidden + i * H_PAD, H_PAD), units + i * H_PAD, H_PAD)
     return h
 
 
@@ -176,12 +133,12 @@ def _backward(h_last, a_slot, h_slots, w_in, w_hidden, w_out, slope,
     g = w_out[None, :] * _act_derivatives(h_last, slope, ACT)[0]  # dE/dh_{L-1}
     for j in tl.static_range(1, N_HIDDEN):
         i = N_HIDDEN - j  # W_{i+1}: dE/dh_{i+1} -> dE/da_i, then dE/dh_i
-        _stage(a_slot, g, BLOCK_M, H_PAD)
-        g = _matmul(a_slot, w_hidden + (i - 1) * H_PAD * H_PAD, H_PAD, H_PAD, False, BLOCK_M)
-        h = tl.load(_tile(h_slots + (i - 1) * BLOCK_M * H_PAD, BLOCK_M, H_PAD))
+        stage(a_slot, g, BLOCK_M, H_PAD)
+        g = matmul(a_slot, w_hidden + (i - 1) * H_PAD * H_PAD, H_PAD, H_PAD, False, BLOCK_M)
+        h = tl.load(tile(h_slots + (i - 1) * BLOCK_M * H_PAD, BLOCK_M, H_PAD))
         g = g * _act_derivatives(h, slope, ACT)[0]
-    _stage(a_slot, g, BLOCK_M, H_PAD)
-    return _matmul(a_slot, w_in, H_PAD, D_PAD, False, BLOCK_M)
+    stage(a_slot, g, BLOCK_M, H_PAD)
+    return matmul(a_slot, w_in, H_PAD, D_PAD, False, BLOCK_M)
 
 
 @triton.jit
@@ -195,7 +152,7 @@ def _energy_grad(x, x_slot, a_slot, h_slots, w_in, w_hidden, w_out_ptr, b_hidden
         energy = tl.sum(x * w_out[None, :], axis=1) + b_out
         grad = tl.broadcast_to(w_out[None, :], (BLOCK_M, D_PAD))
     else:
-        _stage(x_slot, x, BLOCK_M, D_PAD)
+        stage(x_slot, x, BLOCK_M, D_PAD)
         h = _forward(x_slot, a_slot, h_slots, w_in, w_hidden, b_hidden, units, slope, ACT, N_HIDDEN, D_PAD, H_PAD,
                      BLOCK_M)
         energy = tl.sum(_act(h, slope, ACT) * w_out[None, :], axis=1) + b_out
@@ -297,37 +254,37 @@ def _laplacian_kernel(x_ptr, w_in, w_hidden, w_out_ptr, b_hidden, b_out, units, 
     else:
         x_slot, a_slot, slots = _slots(scratch_ptr, SLOTS, D_PAD, H_PAD, BLOCK_M)
         slot = BLOCK_M * H_PAD
-        _stage(x_slot, x, BLOCK_M, D_PAD)
-        h = _matmul(x_slot, w_in, D_PAD, H_PAD, True, BLOCK_M) + _bias(b_hidden, H_PAD)
+        stage(x_slot, x, BLOCK_M, D_PAD)
+        h = matmul(x_slot, w_in, D_PAD, H_PAD, True, BLOCK_M) + bias(b_hidden, H_PAD)
         h = _real_units(h, units, H_PAD)
-        tl.store(_tile(slots, BLOCK_M, H_PAD), h)
+        tl.store(tile(slots, BLOCK_M, H_PAD), h)
         for i in tl.static_range(1, N_HIDDEN):
-            _stage(a_slot, _act(h, slope, ACT), BLOCK_M, H_PAD)
-            h = _matmul(a_slot, w_hidden + (i - 1) * H_PAD * H_PAD, H_PAD, H_PAD, True, BLOCK_M)
-            h = _real_units(h + _bias(b_hidden + i * H_PAD, H_PAD), units + i * H_PAD, H_PAD)
-            tl.store(_tile(slots + i * slot, BLOCK_M, H_PAD), h)
+            stage(a_slot, _act(h, slope, ACT), BLOCK_M, H_PAD)
+            h = matmul(a_slot, w_hidden + (i - 1) * H_PAD * H_PAD, H_PAD, H_PAD, True, BLOCK_M)
+            h = _real_units(h + bias(b_hidden + i * H_PAD, H_PAD), units + i * H_PAD, H_PAD)
+            tl.store(tile(slots + i * slot, BLOCK_M, H_PAD), h)
         tl.debug_barrier()  # the last h is visible
         g = tl.broadcast_to(w_out[None, :], (BLOCK_M, H_PAD))  # dE/da_{L-1}
         for j in tl.static_range(N_HIDDEN):
             i = N_HIDDEN - 1 - j
-            d1, d2 = _act_derivatives(tl.load(_tile(slots + i * slot, BLOCK_M, H_PAD)), slope, ACT)
-            tl.store(_tile(slots + (N_HIDDEN + i) * slot, BLOCK_M, H_PAD), d1)
-            tl.store(_tile(slots + (2 * N_HIDDEN + i) * slot, BLOCK_M, H_PAD), g * d2)
+            d1, d2 = _act_derivatives(tl.load(tile(slots + i * slot, BLOCK_M, H_PAD)), slope, ACT)
+            tl.store(tile(slots + (N_HIDDEN + i) * slot, BLOCK_M, H_PAD), d1)
+            tl.store(tile(slots + (2 * N_HIDDEN + i) * slot, BLOCK_M, H_PAD), g * d2)
             g = g * d1  # dE/dh_i
             if i > 0:
-                _stage(a_slot, g, BLOCK_M, H_PAD)
-                g = _matmul(a_slot, w_hidden + (i - 1) * H_PAD * H_PAD, H_PAD, H_PAD, False, BLOCK_M)
-        _stage(a_slot, g, BLOCK_M, H_PAD)  # (its barriers also publish the slots just stored)
-        grad = _matmul(a_slot, w_in, H_PAD, D_PAD, False, BLOCK_M)
+                stage(a_slot, g, BLOCK_M, H_PAD)
+                g = matmul(a_slot, w_hidden + (i - 1) * H_PAD * H_PAD, H_PAD, H_PAD, False, BLOCK_M)
+        stage(a_slot, g, BLOCK_M, H_PAD)  # (its barriers also publish the slots just stored)
+        grad = matmul(a_slot, w_in, H_PAD, D_PAD, False, BLOCK_M)
         units = tl.arange(0, H_PAD)
         for c in range(D):
             jac = tl.broadcast_to(tl.load(w_in + units * D_PAD + c)[None, :], (BLOCK_M, H_PAD))  # J_1 e_c
-            trace += tl.sum(tl.load(_tile(slots + 2 * N_HIDDEN * slot, BLOCK_M, H_PAD)) * jac * jac, axis=1)
+            trace += tl.sum(tl.load(tile(slots + 2 * N_HIDDEN * slot, BLOCK_M, H_PAD)) * jac * jac, axis=1)
             for l in tl.static_range(1, N_HIDDEN):  # J_{l+1} e_c = W_{l+1} (act'(h_l) * J_l e_c)
-                d1 = tl.load(_tile(slots + (N_HIDDEN + l - 1) * slot, BLOCK_M, H_PAD))
-                _stage(a_slot, jac * d1, BLOCK_M, H_PAD)
-                jac = _matmul(a_slot, w_hidden + (l - 1) * H_PAD * H_PAD, H_PAD, H_PAD, True, BLOCK_M)
-                curvature = tl.load(_tile(slots + (2 * N_HIDDEN + l) * slot, BLOCK_M, H_PAD))
+                d1 = tl.load(tile(slots + (N_HIDDEN + l - 1) * slot, BLOCK_M, H_PAD))
+                stage(a_slot, jac * d1, BLOCK_M, H_PAD)
+                jac = matmul(a_slot, w_hidden + (l - 1) * H_PAD * H_PAD, H_PAD, H_PAD, True, BLOCK_M)
+                curvature = tl.load(tile(slots + (2 * N_HIDDEN + l) * slot, BLOCK_M, H_PAD))
                 trace += tl.sum(curvature * jac * jac, axis=1)
     tl.store(trace_ptr + rows, trace.to(trace_ptr.dtype.element_ty), mask=rows < B)
     tl.store(grad_ptr + idx, grad.to(grad_ptr.dtype.element_ty), mask=mask)
@@ -338,18 +295,14 @@ def _laplacian_kernel(x_ptr, w_in, w_hidden, w_out_ptr, b_hidden, b_out, units, 
 # ---------------------------------------------------------------------------
 
 
-def _pad(n: int) -> int:
-    return max(MIN_DOT, triton.next_power_of_2(n))
-
-
 def _pack(weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor], dtype: torch.dtype):
     """Views (w_in, w_hidden, w_out, b_hidden, b_out, units) of one zero-padded buffer, and (N_HIDDEN,
     D_PAD, H_PAD); ``units`` is 1 for each hidden layer's real units, 0 for its padding.
 
     Without hidden layers H_PAD = D_PAD: w_out then weighs x itself."""
     n_hidden = len(weights) - 1
-    d_pad = _pad(weights[0].shape[1])
-    h_pad = max(_pad(w.shape[0]) for w in weights[:-1]) if n_hidden else d_pad
+    d_pad = pad(weights[0].shape[1])
+    h_pad = max(pad(w.shape[0]) for w in weights[:-1]) if n_hidden else d_pad
     sizes = [h_pad * d_pad if n_hidden else 0, max(n_hidden - 1, 0) * h_pad * h_pad, h_pad, n_hidden * h_pad, 1,
              n_hidden * h_pad]
     packed = weights[0].new_zeros(sum(sizes), dtype=dtype).split(sizes)
@@ -364,17 +317,6 @@ def _pack(weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor], dtype
     return packed, (n_hidden, d_pad, h_pad)
 
 
-def _block(b: int, h_pad: int, x: torch.Tensor) -> tuple[int, int]:
-    """(BLOCK_M, num_warps): GPU_BLOCK_M rows (MIN_DOT in float64, whose tiles take twice the registers,
-    or where GPU_BLOCK_M would leave SMs idle); 8 warps past 2048 elements a tile."""
-    if x.device.type == "cpu":  # interpreter: as few programs as possible
-        return min(INTERPRETER_MAX_M, _pad(b)), 1
-    sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-    wide = x.dtype != torch.float64 and triton.cdiv(b, GPU_BLOCK_M) >= sms
-    block_m = GPU_BLOCK_M if wide else MIN_DOT
-    return block_m, 4 if block_m * h_pad <= 2048 else 8
-
-
 def _launch(kernel, x, weights, biases, outputs, scalars, slots, activation_code, **consts):
     """Packs the weights, allocates the scratch (``slots`` hidden-width tiles a program besides x and
     the dot operand) and launches ``kernel`` on the rows of x (none if there are none)."""
@@ -385,7 +327,7 @@ def _launch(kernel, x, weights, biases, outputs, scalars, slots, activation_code
         raise ValueError(f"activation_code must be in [0, {len(ACTIVATIONS)}), got {activation_code}")
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     packed, (n_hidden, d_pad, h_pad) = _pack(weights, biases, acc)
-    block_m, warps = _block(b, h_pad, x)
+    block_m, warps = block_rows(b, h_pad, x)
     programs = triton.cdiv(b, block_m)
     scratch = torch.empty(programs * block_m * (d_pad + (1 + slots) * h_pad), dtype=acc, device=x.device)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():

@@ -115,7 +115,7 @@ def _coupling_backward_samples(device, dtype) -> list[tuple]:
     return out
 
 
-def _flow_parameters(dim, n_blocks, hidden, n_hidden_layers, dtype, device, seed):
+def flow_parameters(dim, n_blocks, hidden, n_hidden_layers, dtype, device, seed):
     """weights, biases and perms of a CouplingFlow in the op's order (dgm_fast/coupling/op.py)."""
     gen = torch.Generator().manual_seed(seed)
     weights, biases = [], []
@@ -129,7 +129,7 @@ def _flow_parameters(dim, n_blocks, hidden, n_hidden_layers, dtype, device, seed
 
 
 # (batch, dim, n_blocks, hidden, n_hidden_layers, scale, clamp, activation)
-FLOW_CONFIGS = [(7, 6, 2, 7, 2, "atan", 2.0, "relu"), (9, 5, 1, 3, 1, "exp", 2.0, "tanh"),
+FLOW_CONFIGS = [(7, 6, 2, 7, 2, "atan", 2.0, "relu"), (3, 5, 1, 3, 1, "exp", 2.0, "tanh"),
                 (3, 4, 1, 3, 0, "sigmoid", 1.0, "elu"), (10, 9, 3, 5, 2, "tanh", 0.7, "leaky_relu"),
                 (0, 6, 1, 4, 2, "atan", 2.0, "relu")]
 
@@ -141,7 +141,7 @@ def _flow_samples(device, dtype) -> list[tuple]:
         return []
     samples = []
     for i, (batch, dim, n_blocks, hidden, layers, scale, clamp, act) in enumerate(FLOW_CONFIGS):
-        params = _flow_parameters(dim, n_blocks, hidden, layers, dtype, device, seed=i)
+        params = flow_parameters(dim, n_blocks, hidden, layers, dtype, device, seed=i)
         for inverse in (False, True):
             z = make_tensor((batch, dim), dtype, device, seed=i)
             samples.append((z, *params, scale, clamp, act, inverse, i % 2 == 0))
@@ -435,6 +435,13 @@ def clone_args(args: tuple) -> tuple:
     """Tensors cloned, also inside Tensor[] arguments."""
     return tuple(a.clone() if isinstance(a, torch.Tensor) else
                  [t.clone() for t in a] if isinstance(a, list) else a for a in args)
+
+
+def gradcheck_fast_mode(device, backend: str) -> bool:
+    """gradcheck's fast mode for the Triton interpreter, which pays ~0.1 s a launch: one random
+    projection u^T J v of each Jacobian, numerically and analytically, instead of every column (a
+    1% error in one weight's gradient still fails it)."""
+    return backend == "triton" and torch.device(device).type == "cpu"
 
 
 def backend_fixture(op):

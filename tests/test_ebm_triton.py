@@ -31,6 +31,7 @@ if SAMPLE.availability(torch.device(DEVICE))["triton"] is not None:
     pytest.skip("Triton needs a GPU or TRITON_INTERPRET=1", allow_module_level=True)
 
 from dgm_fast.kernels import ebm as triton_ebm  # noqa: E402  (after the interpreter check)
+from dgm_fast.kernels import mlp_tiles  # noqa: E402
 from dgm_fast.kernels.langevin import langevin_step_triton  # noqa: E402
 
 DTYPES = [torch.float32, torch.float64]
@@ -184,7 +185,7 @@ def test_several_programs(monkeypatch, dtype):
     """37 rows in programs of 16 (a GPU too takes 16 rows a program here): row offsets, a partial last
     program, two hidden layers in each program's scratch (the interpreter runs programs one after
     another, so only a GPU run would show programs sharing scratch)."""
-    monkeypatch.setattr(triton_ebm, "INTERPRETER_MAX_M", 16)
+    monkeypatch.setattr(mlp_tiles, "INTERPRETER_MAX_M", 16)
     x, weights, biases = mlp((3, 7, 5, 1), dtype, batch=37)
     assert_matches(grad_triton(x, weights, biases, 3), mlp_energy_grad_reference(x, weights, biases, "softplus", SLOPE),
                    dtype)

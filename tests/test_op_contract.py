@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import dgm_fast
 from dgm_fast import _extension, _op
-from helpers import OP_SAMPLES, TOL, clone_args, dtypes_for, significant_strides
+from helpers import OP_SAMPLES, TOL, clone_args, dtypes_for, gradcheck_fast_mode, significant_strides
 
 OPS = _op.registered_ops()
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -263,13 +263,14 @@ def _differentiable(op):
 
 
 def test_gradcheck(case):
-    op, device, _ = case
+    op, device, backend = case
     _differentiable(op)
     tensors, rebuild = float_inputs(op, first_sample(op, device, torch.float64, index=2))
     tensors = tuple(t.detach().requires_grad_() for t in tensors)
     fn = lambda *t: op(*rebuild(t))  # noqa: E731
-    assert torch.autograd.gradcheck(fn, tensors)
-    assert torch.autograd.gradgradcheck(fn, tensors)
+    fast = gradcheck_fast_mode(device, backend)
+    assert torch.autograd.gradcheck(fn, tensors, fast_mode=fast)
+    assert torch.autograd.gradgradcheck(fn, tensors, fast_mode=fast)
 
 
 def _forward_ad(fn, tensors):

@@ -47,14 +47,15 @@ class CouplingFlow(nn.Module):
     soft clamp). Permutation ``b`` is drawn from ``seed + b``; the weights
     from torch's generator, as any ``nn.Module``'s.
 
-    Up to ``dim`` 128 each direction runs as one op, and the forward's
-    backward as one op too. That backward needs the subnets' activations:
-    ``recompute=False`` keeps them from the forward, ``recompute=True`` keeps
-    only each block's input and recomputes the rest during the backward, and
-    the default ``None`` keeps them when they take at most
-    ``KEEP_ACTIVATIONS_BYTES`` (measured here: keeping is faster at batch 256,
-    recomputing from batch 1024, where a fresh buffer of several MB costs
-    more in page faults than the subnets cost to rerun). Calls that need no
+    Up to ``dim`` 128 each direction runs as one op (on CUDA tensors one
+    Triton kernel), and the forward's backward as one op too. On CPU that
+    backward needs the subnets' activations: ``recompute=False`` keeps them
+    from the forward, ``recompute=True`` keeps only each block's input and
+    recomputes the rest during the backward, and the default ``None`` keeps
+    them when they take at most ``KEEP_ACTIVATIONS_BYTES`` (measured here:
+    keeping is faster at batch 256, recomputing from batch 1024, where a
+    fresh buffer of several MB costs more in page faults than the subnets
+    cost to rerun). The GPU backward always recomputes. Calls that need no
     gradient keep nothing.
     """
 
@@ -119,6 +120,8 @@ class CouplingFlow(nn.Module):
     def _keeps_activations(self, z: Tensor, weights: list[Tensor], biases: list[Tensor], perms: list[Tensor]) -> bool:
         if not torch.is_grad_enabled() or not torch._C._any_requires_grad(z, *weights, *biases):
             return False  # no backward will read them
+        if z.device.type != "cpu":
+            return False  # the Triton backward recomputes them from the block inputs (kernels/coupling.py)
         if self.recompute is not None:
             return not self.recompute
         kept = saved_size(z, weights, perms, False, True) - saved_size(z, weights, perms, False, False)

@@ -1005,7 +1005,8 @@ def coupling_flow_backward_triton(grad_u, grad_logdet, saved, weights, biases, p
     shape = _flow_shape(weights, perms)
     acc = torch.float64 if grad_u.dtype == torch.float64 else torch.float32
     w, b = _pack_flow(weights, biases, shape, acc)
-    block_m, warps = block_rows(n, shape.w_max, grad_u)
+    # 8 warps: the backward holds two couplings' tiles at once (at 4 warps, hidden 64 spills on sm_90)
+    block_m, warps = block_rows(n, shape.w_max, grad_u)[0], 8
     programs = triton.cdiv(n, block_m)
     n_c = 2 * shape.n_blocks
     # one partial per program: PARTIAL_BYTES in all and (GPU) one program a SM, each looping over row blocks

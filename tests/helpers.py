@@ -8,6 +8,8 @@ op on them, so a new op adds its sample maker here.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -477,6 +479,32 @@ try:
 except ImportError as exc:
     skip(exc)
 """
+
+
+def ptxas_spill_bytes(ptx: str, tmp_path) -> int | None:
+    """Bytes of register spill stores when ptxas (CUDA's assembler, beside nvcc) assembles ``ptx`` for
+    sm_90a, or None where it cannot (no ptxas, or PTX it does not know). A newer Triton declares a PTX
+    version this ptxas may not know; it is lowered to the highest this one accepts, which fails
+    loudly if the code uses anything newer."""
+    ptxas = shutil.which("ptxas")
+    if ptxas is None:
+        return None
+    version = subprocess.run([ptxas, "--version"], capture_output=True, text=True).stdout
+    release = re.search(r"release (\d+)\.(\d+)", version)
+    path = tmp_path / "kernel.ptx"
+    if release:  # CUDA 13.0 assembles PTX ISA 9.0, 12.8 ISA 8.7, ...
+        major, minor = int(release.group(1)), int(release.group(2))
+        isa = f"{major - 4}.{minor}"
+        ptx = re.sub(r"^\.version (\d+\.\d+)", lambda m: f".version {min(m.group(1), isa, key=_isa_key)}", ptx,
+                     flags=re.M)
+    path.write_text(ptx)
+    result = subprocess.run([ptxas, "-arch=sm_90a", "-v", str(path), "-o", os.devnull], capture_output=True, text=True)
+    found = re.search(r"(\d+) bytes spill stores", result.stderr)
+    return int(found.group(1)) if result.returncode == 0 and found else None
+
+
+def _isa_key(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in version.split("."))
 
 
 def run_ptx_script(body: str, tmp_path, *argv: str) -> str:

@@ -18,7 +18,7 @@ import torch
 
 from dgm_fast.coupling.op import FLOW, _flow_backward_reference, saved_size
 from dgm_fast.coupling.reference import ACTIVATIONS, SCALES, coupling_flow_reference
-from helpers import TOL, flow_parameters, make_tensor, run_ptx_script
+from helpers import TOL, flow_parameters, make_tensor, ptxas_spill_bytes, run_ptx_script
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if FLOW.availability(torch.device(DEVICE))["triton"] is not None:
@@ -173,10 +173,12 @@ print(json.dumps(ptx))
 
 
 def test_kernels_compile_for_a_gpu(tmp_path):
-    """Both kernels compile for sm_90 at GLF's widths with IEEE division and their staging barriers."""
+    """Both kernels compile for sm_90 at GLF's widths with IEEE division, their staging barriers and
+    (where CUDA's ptxas is here to assemble them) no register spills."""
     compiled = json.loads(run_ptx_script(COMPILE_PTX, tmp_path))
     assert [name for name, _, _ in compiled] == ["_coupling_flow_kernel", "_coupling_flow_backward_kernel"] * 2
     for name, block_m, code in compiled:
         assert block_m == mlp_tiles.MIN_DOT, name  # 32-row programs would leave SMs idle (128 < 132)
         assert "div.full.f32" not in code and "div.approx.f32" not in code, name
         assert "bar.sync" in code, name
+        assert ptxas_spill_bytes(code, tmp_path) in (None, 0), name

@@ -24,7 +24,7 @@ from dgm_fast.ebm.reference import (
 )
 from dgm_fast.langevin.stream import stream_stride
 from dgm_fast.philox import signed_seed
-from helpers import TOL, make_tensor, mlp_parameters, run_ptx_script
+from helpers import TOL, make_tensor, mlp_parameters, ptxas_spill_bytes, run_ptx_script
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if SAMPLE.availability(torch.device(DEVICE))["triton"] is not None:
@@ -259,3 +259,4 @@ def test_kernels_compile_for_a_gpu(tmp_path):
     for name, code in compiled:
         assert "div.full.f32" not in code and "div.approx.f32" not in code, name
         assert "bar.sync" in code, name
+        assert ptxas_spill_bytes(code, tmp_path) in (None, 0), name  # where CUDA's ptxas is here

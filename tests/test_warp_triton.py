@@ -26,7 +26,7 @@ from dgm_fast.warp.op import (
     SPARSE_MOTION_FEATURES_BACKWARD,
 )
 from dgm_fast.warp.reference import PADDING_MODES
-from helpers import TOL, make_tensor, run_ptx_script
+from helpers import TOL, make_tensor, ptxas_spill_bytes, run_ptx_script
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if KEYPOINT_WARP_3D.availability(torch.device(DEVICE))["triton"] is not None:
@@ -320,7 +320,8 @@ print(json.dumps(ptx))
 
 def test_kernels_compile_for_a_gpu_without_float_atomics_where_deterministic(tmp_path):
     """Every float32 kernel compiles for sm_90 (the interpreter checks less than the compiler) with
-    IEEE division and no FMA contraction; only the atomic mode's backward kernels have atomics."""
+    IEEE division, no FMA contraction and (where CUDA's ptxas is here) no register spills; only the
+    atomic mode's backward kernels have atomics."""
     compiled = json.loads(run_ptx_script(COMPILE_PTX, tmp_path))
     assert sorted((mode, name) for mode, name, _ in compiled) == sorted(
         [("forward", f"_{op}_kernel") for op in ("grid_sample_3d", "keypoint_warp_3d", "sparse_motion_features")]
@@ -330,3 +331,4 @@ def test_kernels_compile_for_a_gpu_without_float_atomics_where_deterministic(tmp
         assert "div.full.f32" not in code and "div.approx.f32" not in code and "fma.rn.f32" not in code, name
         atomics = re.search(r"\b(atom|red)\.global", code) is not None
         assert atomics == (mode == "atomic"), (mode, name)
+        assert ptxas_spill_bytes(code, tmp_path) in (None, 0), (mode, name)  # where CUDA's ptxas is here

@@ -66,6 +66,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..coupling.reference import ACTIVATIONS
 from .mlp_tiles import BLOCK_K, bias, block_rows, matmul, pad, stage, tile
 from .rounding import div_rn
 
@@ -564,7 +565,6 @@ def affine_coupling_backward_triton(
 # per-program partial buffer (no atomics: deterministic), summed at the end.
 # ---------------------------------------------------------------------------
 LEAKY_SLOPE: tl.constexpr = tl.constexpr(0.01)  # F.leaky_relu's default, the reference's
-FLOW_ACTIVATIONS = ("relu", "leaky_relu", "tanh", "elu")  # codes: the order of reference.ACTIVATIONS
 PARTIAL_BYTES = 64 << 20  # the backward's per-program weight-gradient partials, at most (all programs)
 
 
@@ -961,8 +961,8 @@ def _permutation_indices(perms: Sequence[torch.Tensor]) -> torch.Tensor:
 def _flow_codes(scale: int, clamp: float, activation: int) -> tuple[int, float, float, int]:
     scale, clamp, gain = _scalars(scale, clamp)
     activation = int(activation)
-    if not 0 <= activation < len(FLOW_ACTIVATIONS):
-        raise ValueError(f"activation code must be in [0, {len(FLOW_ACTIVATIONS)}), got {activation}")
+    if not 0 <= activation < len(ACTIVATIONS):
+        raise ValueError(f"activation code must be in [0, {len(ACTIVATIONS)}), got {activation}")
     return scale, clamp, gain, activation
 
 
@@ -971,7 +971,7 @@ def coupling_flow_triton(z, weights, biases, perms, out, logdet, saved, scale: i
     """Writes out, logdet and (forward) saved of ``dgm_fast::coupling_flow`` (layout: its reference).
 
     Contiguous z (B, dim) and nn.Linear-layout layers, float32 or float64; scale and activation codes are
-    indices in SCALES and FLOW_ACTIVATIONS."""
+    indices in SCALES and ACTIVATIONS."""
     scale, clamp, gain, activation = _flow_codes(scale, clamp, activation)
     n = z.shape[0]
     if n == 0:

@@ -478,6 +478,34 @@ try:
     from triton.runtime.jit import create_function_from_signature
 except ImportError as exc:
     skip(exc)
+
+launches = []  # (kernel, args, kwargs) of the launches record() intercepted
+
+class Recorder:
+    def __init__(self, kernel):
+        self.kernel = kernel
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: launches.append((self.kernel, args, kwargs))
+
+def record(module, *names):
+    \"\"\"The named kernels of module record their launches instead of running.\"\"\"
+    for name in names:
+        setattr(module, name, Recorder(getattr(module, name)))
+
+def ptx_for_sm90(kernel, args, kwargs):
+    \"\"\"A launch's PTX for sm_90; small CPU tensors stand in for the pointers (only their dtype and
+    16-byte alignment count).\"\"\"
+    target = GPUTarget("cuda", 90, 32)
+    backend = make_backend(target)
+    args = [torch.empty(16, dtype=a.dtype) if isinstance(a, torch.Tensor) else a for a in args]
+    try:
+        binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+        bound, spec, options = binder(*args, **kwargs)
+        options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, spec, options)
+    except (AttributeError, TypeError) as exc:  # another Triton's internals
+        skip(exc)
+    src = ASTSource(kernel, signature, constexprs, attrs)
+    return triton.compile(src, target=target, options=options.__dict__).asm["ptx"]
 """
 
 

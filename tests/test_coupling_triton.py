@@ -133,14 +133,7 @@ COMPILE_PTX = """
 import types
 from dgm_fast.kernels import coupling
 
-launches = []
-class Recorder:
-    def __init__(self, kernel):
-        self.kernel = kernel
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: launches.append((self.kernel, args, kwargs))
-for name in ("_coupling_flow_kernel", "_coupling_flow_backward_kernel"):
-    setattr(coupling, name, Recorder(getattr(coupling, name)))
+record(coupling, "_coupling_flow_kernel", "_coupling_flow_backward_kernel")
 torch.cuda.get_device_properties = lambda device: types.SimpleNamespace(multi_processor_count=132)
 for hidden in (64, 256):
     z = torch.empty(4096, 64, device="meta")  # meta tensors: shapes, no data
@@ -154,21 +147,8 @@ for hidden in (64, 256):
     coupling.coupling_flow_triton(z, weights, biases, perms, z, z[:, 0], saved, 1, 2.0, 0, False, False)
     coupling.coupling_flow_backward_triton(z, z[:, 0], saved, weights, biases, perms, z, weights, biases, 1, 2.0, 0,
                                            False)
-target = GPUTarget("cuda", 90, 32)
-backend = make_backend(target)
-ptx = []
-try:
-    for kernel, args, kwargs in launches:
-        args = [torch.empty(16, dtype=a.dtype) if isinstance(a, torch.Tensor) else a for a in args]
-        binder = create_function_from_signature(kernel.signature, kernel.params, backend)
-        bound, spec, options = binder(*args, **kwargs)
-        options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, spec, options)
-        src = ASTSource(kernel, signature, constexprs, attrs)
-        code = triton.compile(src, target=target, options=options.__dict__).asm["ptx"]
-        ptx.append((kernel.fn.__name__, kwargs["BLOCK_M"], code))
-except (AttributeError, TypeError) as exc:  # another Triton's internals
-    skip(exc)
-print(json.dumps(ptx))
+print(json.dumps([(k.fn.__name__, kw["BLOCK_M"], ptx_for_sm90(k, a, kw))
+                  for k, a, kw in launches]))
 """
 
 

@@ -217,14 +217,7 @@ COMPILE_PTX = """
 import types
 from dgm_fast.kernels import ebm
 
-launches = []
-class Recorder:
-    def __init__(self, kernel):
-        self.kernel = kernel
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: launches.append((self.kernel, args, kwargs))
-for name in ("_grad_kernel", "_laplacian_kernel", "_sample_kernel"):
-    setattr(ebm, name, Recorder(getattr(ebm, name)))
+record(ebm, "_grad_kernel", "_laplacian_kernel", "_sample_kernel")
 torch.cuda.get_device_properties = lambda device: types.SimpleNamespace(multi_processor_count=132)
 x = torch.empty(4096, 3, device="meta")  # meta tensors: shapes, no data
 weights = [torch.empty(o, i, device="meta") for i, o in ((3, 7), (7, 5), (5, 1))]
@@ -233,21 +226,7 @@ energy, grad = torch.empty_like(x[:, 0]), torch.empty_like(x)
 ebm.mlp_energy_grad_triton(x, weights, biases, energy, grad, 0, 0.2)
 ebm.mlp_energy_laplacian_triton(x, weights, biases, grad, energy, 3, 0.2)
 ebm.mlp_energy_sample_triton(x, weights, biases, grad, 1, 0.2, 10, 0.1, 1.0, 0.5, 1.0, -3.0, 3.0, -5, 7)
-target = GPUTarget("cuda", 90, 32)
-backend = make_backend(target)
-ptx = []
-try:
-    for kernel, args, kwargs in launches:
-        args = [torch.empty(16, dtype=a.dtype) if isinstance(a, torch.Tensor) else a for a in args]
-        binder = create_function_from_signature(kernel.signature, kernel.params, backend)
-        bound, spec, options = binder(*args, **kwargs)
-        options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, spec, options)
-        src = ASTSource(kernel, signature, constexprs, attrs)
-        code = triton.compile(src, target=target, options=options.__dict__).asm["ptx"]
-        ptx.append((kernel.fn.__name__, code))
-except (AttributeError, TypeError) as exc:  # another Triton's internals
-    skip(exc)
-print(json.dumps(ptx))
+print(json.dumps([(k.fn.__name__, ptx_for_sm90(k, a, kw)) for k, a, kw in launches]))
 """
 
 

@@ -282,7 +282,6 @@ def test_deterministic_backward_of_empty_and_untouched_inputs(deterministic):
 COMPILE_PTX = """
 from dgm_fast.kernels import warp
 
-launches = []
 warp._launch = lambda kernel, grid, t, *args, warps, **constexprs: launches.append(
     (mode, kernel, args, dict(constexprs, num_warps=warps, enable_fp_fusion=False)))
 def t(*shape):  # meta tensors: GPU block sizes, no data
@@ -300,21 +299,7 @@ for mode in ("atomic", "deterministic"):
                                           feature, kp, kp, t(n, k + 1, *volume), jac, True, 2, False)
     warp.sparse_motion_features_backward_triton(t(n, k + 1, c + 1, *volume), feature, kp, kp, jac, feature, kp, kp,
                                                 jac, 0.01, False)
-target = GPUTarget("cuda", 90, 32)
-backend = make_backend(target)
-ptx = []
-try:
-    for mode, kernel, args, kwargs in launches:
-        # small CPU tensors for the pointers: only their dtype and 16-byte alignment count
-        args = [torch.empty(16, dtype=a.dtype) if isinstance(a, torch.Tensor) else a for a in args]
-        binder = create_function_from_signature(kernel.signature, kernel.params, backend)
-        bound, spec, options = binder(*args, **kwargs)
-        options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, spec, options)
-        src = ASTSource(kernel, signature, constexprs, attrs)
-        ptx.append((mode, kernel.fn.__name__, triton.compile(src, target=target, options=options.__dict__).asm["ptx"]))
-except (AttributeError, TypeError) as exc:  # another Triton's internals
-    skip(exc)
-print(json.dumps(ptx))
+print(json.dumps([(mode, k.fn.__name__, ptx_for_sm90(k, a, kw)) for mode, k, a, kw in launches]))
 """
 
 

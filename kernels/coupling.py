@@ -702,7 +702,7 @@ def _store_halves(ptr, x1, x2, rows, row_ok, D1: tl.constexpr, D2: tl.constexpr,
     tl.store(at + D1, x2.to(ptr.dtype.element_ty), mask=row_ok[:, None] & (tl.arange(0, P)[None, :] < D2))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_rows"])  # a batch of 1 would be a constexpr, without .to
 def _coupling_flow_kernel(
     z_ptr, w_ptr, b_ptr, idx_ptr, scratch_ptr, out_ptr, logdet_ptr, saved_ptr, n_rows,
     clamp: tl.float64, gain: tl.float64,
@@ -816,7 +816,7 @@ def _couple_backward(gy, g_log, x, s, slots, d_slot, w_c, gw_c, gb_c, row_ok, cl
     return gx, delta
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_rows"])
 def _coupling_flow_backward_kernel(
     gu_ptr, gl_ptr, saved_ptr, w_ptr, b_ptr, idx_ptr, scratch_ptr, gz_ptr, gw_ptr, gb_ptr, n_rows,
     clamp: tl.float64, gain: tl.float64,

@@ -127,23 +127,23 @@ def test_bad_input():
         forward(z, (uneven, biases, perms), "atan", 2.0, "relu")
 
 
-# Compiled for sm_90 without a GPU (helpers.PTX_PREAMBLE), with the GPU's block sizes: GLF's flow at
-# batch 4096 (latent 64, hidden 64 and 256, two hidden layers).
+# Compiled for sm_90 without a GPU (helpers.PTX_PREAMBLE), with the GPU's block sizes: GLF's flow
+# (latent 64, two hidden layers) at hidden 64, batch 4096, and hidden 256, batch 1.
 COMPILE_PTX = """
 import types
 from dgm_fast.kernels import coupling
 
 record(coupling, "_coupling_flow_kernel", "_coupling_flow_backward_kernel")
 torch.cuda.get_device_properties = lambda device: types.SimpleNamespace(multi_processor_count=132)
-for hidden in (64, 256):
-    z = torch.empty(4096, 64, device="meta")  # meta tensors: shapes, no data
+for hidden, batch in ((64, 4096), (256, 1)):  # a batch of 1 is an int Triton makes a constexpr
+    z = torch.empty(batch, 64, device="meta")  # meta tensors: shapes, no data
     weights, biases = [], []
     for c in range(8):
         for n_in, n_out in ((32, hidden), (hidden, hidden), (hidden, 64)):
             weights.append(torch.empty(n_out, n_in, device="meta"))
             biases.append(torch.empty(n_out, device="meta"))
     perms = [torch.empty(64, dtype=torch.int64, device="meta") for _ in range(4)]
-    saved = torch.empty(4 * 4096 * 64, device="meta")
+    saved = torch.empty(4 * batch * 64, device="meta")
     coupling.coupling_flow_triton(z, weights, biases, perms, z, z[:, 0], saved, 1, 2.0, 0, False, False)
     coupling.coupling_flow_backward_triton(z, z[:, 0], saved, weights, biases, perms, z, weights, biases, 1, 2.0, 0,
                                            False)
@@ -158,7 +158,7 @@ def test_kernels_compile_for_a_gpu(tmp_path):
     compiled = json.loads(run_ptx_script(COMPILE_PTX, tmp_path))
     assert [name for name, _, _ in compiled] == ["_coupling_flow_kernel", "_coupling_flow_backward_kernel"] * 2
     for name, block_m, code in compiled:
-        assert block_m == mlp_tiles.MIN_DOT, name  # 32-row programs would leave SMs idle (128 < 132)
+        assert block_m == mlp_tiles.MIN_DOT, name  # 32-row programs would leave SMs idle (<= 128 < 132)
         assert "div.full.f32" not in code and "div.approx.f32" not in code, name
         assert "bar.sync" in code, name
         assert ptxas_spill_bytes(code, tmp_path) in (None, 0), name

@@ -94,6 +94,11 @@ class CouplingFlow(nn.Module):
             perm = torch.randperm(dim, generator=torch.Generator().manual_seed(seed + b))
             self.register_buffer(f"perm{b}", perm)
             self.register_buffer(f"inv_perm{b}", torch.argsort(perm))
+        # what keeping the subnets' activations costs a row, and what rerunning them saves per kept value
+        weights = [layer.weight for subnet in self.subnets for layer in subnet]
+        row, perms = torch.empty(1, dim), [self.perm0] * n_blocks
+        self._kept_per_row = saved_size(row, weights, perms, False, True) - saved_size(row, weights, perms, False, False)
+        self._macs_per_value = sum(w.numel() for w in weights) / self._kept_per_row
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, n_blocks={self.n_blocks}, scale={self.scale!r}, clamp={self.clamp}"
@@ -118,21 +123,20 @@ class CouplingFlow(nn.Module):
         if (z.dtype, z.device) != (weights[0].dtype, weights[0].device):
             raise TypeError(f"the input must have the dtype and device of the flow's parameters "
                             f"({weights[0].dtype}, {weights[0].device}), got {z.dtype}, {z.device}")
-        keep = not inverse and self._keeps_activations(z, weights, biases, perms)
+        keep = not inverse and self._keeps_activations(z, weights, biases)
         u, logdet, _ = FLOW(z.contiguous(), weights, biases, perms, self.scale, self.clamp, self.activation,
                             inverse, keep)
         return u, logdet
 
-    def _keeps_activations(self, z: Tensor, weights: list[Tensor], biases: list[Tensor], perms: list[Tensor]) -> bool:
+    def _keeps_activations(self, z: Tensor, weights: list[Tensor], biases: list[Tensor]) -> bool:
         if not torch.is_grad_enabled() or not torch._C._any_requires_grad(z, *weights, *biases):
             return False  # no backward will read them
         if z.device.type != "cpu":
             return False  # the Triton backward recomputes them from the block inputs (kernels/coupling.py)
         if self.recompute is not None:
             return not self.recompute
-        kept = saved_size(z, weights, perms, False, True) - saved_size(z, weights, perms, False, False)
-        macs_per_value = z.shape[0] * sum(w.numel() for w in weights) / max(kept, 1)
-        return kept * z.element_size() <= KEEP_ACTIVATIONS_BYTES * max(1.0, macs_per_value / KEEP_MACS_PER_VALUE)
+        budget = KEEP_ACTIVATIONS_BYTES * max(1.0, self._macs_per_value / KEEP_MACS_PER_VALUE)
+        return z.shape[0] * self._kept_per_row * z.element_size() <= budget
 
     def _check_input(self, name: str, z) -> Tensor:
         _checks.dense_tensor(name, z)

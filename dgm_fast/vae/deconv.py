@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dgm_fast import _checks
-from dgm_fast.vae.functional import DTYPES, INDEX_DTYPES, categorical_pixel_nll, check_levels
+from dgm_fast.vae.functional import DTYPES, categorical_pixel_nll, check_target
 from dgm_fast.vae.op import NLL
 from dgm_fast.vae.reference import N_LEVELS
 
@@ -82,13 +82,8 @@ def categorical_pixel_nll_deconv(h: Tensor, weight: Tensor, bias: Tensor | None,
         if tuple(bias.shape) != (weight.shape[1],):
             raise ValueError(f"bias must have shape ({weight.shape[1]},), got {tuple(bias.shape)}")
     chunk = _checks.integer("chunk", chunk, low=1)
-    _checks.dense_tensor("target", target, INDEX_DTYPES)
     expected = (h.shape[0], weight.shape[1] // N_LEVELS, 2 * h.shape[2], 2 * h.shape[3])
-    if tuple(target.shape) != expected:
-        raise ValueError(f"target must have shape {expected} (h's batch, nc, 2H, 2W), got {tuple(target.shape)}")
-    if target.device != h.device:
-        raise ValueError(f"target must be on the device of h ({h.device}), got {target.device}")
-    check_levels(target)
+    check_target(target, expected, h.device, "h's batch, nc, 2H, 2W")
     if h.shape[0] == 0:
         return categorical_pixel_nll(h.new_empty(0, weight.shape[1], 2 * h.shape[2], 2 * h.shape[3]), target)
     target = target.long()

@@ -40,22 +40,22 @@ def categorical_pixel_nll(logits: Tensor, target: Tensor) -> Tensor:
     Non-finite logits give NaN or inf, as the formula does.
     """
     _checks.dense_tensor("logits", logits, DTYPES)
-    _checks.dense_tensor("target", target, INDEX_DTYPES)
     if logits.dim() < 2 or logits.shape[1] == 0 or logits.shape[1] % N_LEVELS:
         raise ValueError(f"logits must be (batch, nc * {N_LEVELS}, *spatial) with nc >= 1, got shape "
                          f"{tuple(logits.shape)}")
     expected = (logits.shape[0], logits.shape[1] // N_LEVELS, *logits.shape[2:])
-    if tuple(target.shape) != expected:
-        raise ValueError(f"target must have shape {expected} (batch, nc, *spatial) for logits of shape "
-                         f"{tuple(logits.shape)}, got {tuple(target.shape)}")
-    if target.device != logits.device:
-        raise ValueError(f"target must be on the device of logits ({logits.device}), got {target.device}")
-    check_levels(target)
+    check_target(target, expected, logits.device, f"batch, nc, *spatial for logits of shape {tuple(logits.shape)}")
     return NLL(logits, target.long())[0]
 
 
-def check_levels(target: Tensor) -> None:
-    """ValueError unless the integer ``target`` holds pixel values in [0, 255]."""
+def check_target(target, shape: tuple[int, ...], device: torch.device, layout: str) -> None:
+    """TypeError / ValueError unless ``target`` is an integer tensor of ``shape`` (``layout`` says what
+    its dims are) on ``device``, holding pixel values in [0, 255]."""
+    _checks.dense_tensor("target", target, INDEX_DTYPES)
+    if tuple(target.shape) != shape:
+        raise ValueError(f"target must have shape {shape} ({layout}), got {tuple(target.shape)}")
+    if target.device != device:
+        raise ValueError(f"target must be on the device of the logits ({device}), got {target.device}")
     if target.numel() and not torch.compiler.is_compiling():
         low, high = (int(v) for v in torch.aminmax(target))  # ints: uint8 would wrap 256 to 0
         if low < 0 or high >= N_LEVELS:

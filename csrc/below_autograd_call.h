@@ -17,7 +17,8 @@
 
 namespace dgm_fast {
 
-class BelowAutogradCall {
+// hidden, as pybind11 is: a class exported past its pybind11 base draws -Wattributes
+class __attribute__((visibility("hidden"))) BelowAutogradCall {
  public:
   // `name`: "dgm_fast::<op>"; `overload`: "" or e.g. "backend".
   BelowAutogradCall(const std::string& name, const std::string& overload)

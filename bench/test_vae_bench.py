@@ -16,7 +16,10 @@ parameters come from conftest.py.
   likelihood 8 samples at a time). Rows record ``peak_extra_bytes``, the most memory the
   call held at once beyond what it held before (``dgm_fast.benchmark.peak_extra_bytes``), and
   ``flops``, the decoder's convolutions; ``decoder_k1000`` times those convolutions alone (the decoder's
-  forward on 5 x 200 latents), the floor of any likelihood that runs the decoder.
+  forward on 5 x 200 latents) as oneDNN runs them, and ``gemm_k1000`` the last layer's four parity
+  GEMMs alone (``torch.bmm`` into a preallocated output, 8 samples a call, as ``decoded_nll``
+  runs them): the floor of this likelihood, whose ``of GEMM`` column is its decoder flops' rate over
+  that GEMM rate.
 * ``lr_z_steps`` / ``lr_e_steps``: the optimisation part of Likelihood Regret (4.3), ``STEPS``
   Adam steps for ``IMAGES`` images. ``per_image``: the published loop, one image at a time (for
   LR_E a copy of the encoder per image; the decoder's parameters require gradients as in the
@@ -38,6 +41,7 @@ from dgm_fast.benchmark import peak_extra_bytes
 from dgm_fast.models.dcgan_vae import DCGANVAE
 from dgm_fast.models.ood import fit_posterior
 from dgm_fast.vae import categorical_target, importance_weighted_nll
+from dgm_fast.vae.deconv import CHUNK, parity_weights
 
 DTYPE = torch.float32
 K, OFFICIAL_CHUNK = 1000, 200
@@ -142,7 +146,7 @@ def test_iwae_k1000(measure, bench_config, cifar_vae, variant):
     peak = peak_extra_bytes(fn, bench_config.device)
     measure(fn, op="iwae_k1000", contender=variant, size=K, dtype=DTYPE, peak_extra_bytes=peak,
             flops=K * decoder_flops(model), backend="auto" if variant == "dgm_fast" else None,
-            backend_op="categorical_pixel_nll")
+            backend_op="categorical_pixel_nll", gemm_yardstick="gemm_k1000")
 
 
 def test_decoder_k1000(measure, bench_config, cifar_vae):
@@ -155,6 +159,23 @@ def test_decoder_k1000(measure, bench_config, cifar_vae):
                 model.decoder(z)
 
     measure(run, op="decoder_k1000", contender="torch", size=K, dtype=DTYPE, flops=K * decoder_flops(model))
+
+
+def test_gemm_k1000(measure, bench_config, cifar_vae):
+    if bench_config.device.type != "cpu":
+        pytest.skip("the floor of the CPU's K = 1000 likelihood")
+    last = cifar_vae[0].decoder.last
+    c_in, c_out, pixels = last.in_channels, last.out_channels, CHUNK * 16 * 16  # 16 x 16: the layer's input
+    weights = parity_weights(last.weight.detach())
+    rows = torch.randn(4, 4 * c_in, pixels, generator=torch.Generator().manual_seed(3))
+    out = torch.empty(4, c_out, pixels)
+
+    def run():
+        for _ in range(K // CHUNK):
+            torch.bmm(weights, rows, out=out)
+
+    measure(run, op="gemm_k1000", contender="torch", size=K, dtype=DTYPE,
+            flops=K * 2 * c_out * 4 * 4 * c_in * 16 * 16)  # per sample: 4 parities x 256 pixels x 4 c_in taps
 
 
 # ---------------------------------------------------------------------------------------------------

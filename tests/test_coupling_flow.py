@@ -135,6 +135,28 @@ def test_parameter_gradients_equal_the_module_coupling_by_coupling(backend, reco
         monkeypatch.undo()
 
 
+class _Doubled(torch.nn.Module):
+    def forward(self, w):
+        return 2 * w
+
+
+def test_a_parametrized_weight_is_what_the_fused_flow_reads(backend):
+    """A weight computed by torch.nn.utils.parametrize (not in the Linear's ``_parameters``): the fused
+    flow uses the computed weight and its gradient reaches the parametrization's original."""
+    device, _ = backend
+    flow = make_flow(6, device, torch.float64)
+    plain = make_flow(6, device, torch.float64)
+    with torch.no_grad():
+        plain.subnets[1][0].weight.mul_(2)
+    torch.nn.utils.parametrize.register_parametrization(flow.subnets[1][0], "weight", _Doubled())
+    z = torch.randn(5, 6, device=device, dtype=torch.float64)
+    torch.testing.assert_close(flow(z), plain(z), atol=1e-12, rtol=1e-12)
+    flow(z)[1].sum().backward()
+    plain(z)[1].sum().backward()
+    original = flow.subnets[1][0].parametrizations.weight.original
+    torch.testing.assert_close(original.grad, 2 * plain.subnets[1][0].weight.grad, atol=1e-12, rtol=1e-12)
+
+
 class _Inverse(torch.nn.Module):
     def __init__(self, flow):
         super().__init__()

@@ -251,6 +251,77 @@ def test_batched_lr_e_equals_the_per_image_loop(tiny_vae):
     assert model.encoder.training is False and all(p.requires_grad for p in model.parameters())
 
 
+class _PlainEncoder(torch.nn.Module):
+    """The same encoder without ``per_image``: optimize_encoder's generic path (vmap of functional_call)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+def test_batched_lr_e_of_any_encoder_equals_the_per_image_loop(tiny_vae):
+    model, x = tiny_vae
+    assert not hasattr(_PlainEncoder(model.encoder), "per_image")
+    got = optimize_encoder(_PlainEncoder(model.encoder), model.decoder, x, steps=3, lr=1e-2, weight_decay=1e-2, seed=4)
+    for i in range(3):
+        expect = published_lr_e(model, x[i:i + 1], i, 3, 1e-2, 1e-2, 4)
+        for g, e in zip(got, expect):
+            torch.testing.assert_close(g[i:i + 1], e, **TOL[torch.float64])
+    model.zero_grad(set_to_none=True)
+
+
+def test_frozen_restores_each_submodule_its_own_mode(tiny_vae):
+    from dgm_fast.vae import frozen
+
+    wrapper = _PlainEncoder(tiny_vae[0].encoder)  # in training mode around an encoder in eval mode
+    with frozen(wrapper):
+        assert not any(m.training for m in wrapper.modules())
+        assert not any(p.requires_grad for p in wrapper.parameters())
+    assert wrapper.training and not wrapper.inner.training
+    assert all(p.requires_grad for p in wrapper.parameters())
+
+
+def test_per_image_encoder_runs_each_image_with_its_own_parameters():
+    """The DCGAN encoder's batched-GEMM copies against vmap of the module, forward and every
+    parameter's gradient, with non-trivial running statistics and parameters that differ per image
+    (its last layer is a 4x4 kernel on a 4x4 input: one output pixel)."""
+    from torch.func import functional_call, vmap
+
+    from dgm_fast.vae.optimize import per_image_encoder
+
+    torch.manual_seed(0)
+    encoder = DCGANVAE(nc=3, nf=4, nz=5).double().eval().encoder
+    for module in encoder.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_()
+            module.running_var.uniform_(0.5, 2.0)
+    params, encode = per_image_encoder(encoder, 4)
+    with torch.no_grad():
+        for p in params.values():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.rand(4, 3, 32, 32, dtype=torch.float64)
+    buffers = dict(encoder.named_buffers())
+    expect = vmap(lambda p, xi: [t[0] for t in functional_call(encoder, (p, buffers), (xi[None],))])(params, x)
+    got = encode(params, x)
+    torch.testing.assert_close(got, tuple(expect), **TOL[torch.float64])
+    weights = [torch.randn_like(t) for t in got]
+    grads = [torch.autograd.grad([(w * t).sum() for w, t in zip(weights, out)], list(params.values()))
+             for out in (got, expect)]
+    torch.testing.assert_close(grads[0], grads[1], **TOL[torch.float64])
+
+
+def test_per_image_sequential_refuses_layers_it_cannot_batch():
+    from dgm_fast.vae.optimize import per_image_sequential
+
+    with pytest.raises(TypeError, match="layer 1 .*Linear"):
+        per_image_sequential(torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Linear(3, 4)))
+    with pytest.raises(TypeError, match="layer 0 .*groups=2"):
+        per_image_sequential(torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, groups=2)))
+
+
 def test_zero_steps_return_the_starting_posterior(tiny_vae):
     model, x = tiny_vae
     mu, logvar = model.encoder(x)

@@ -13,6 +13,8 @@ Fashion-MNIST-like data and nf = 64, nc = 3 for CIFAR-10-like data. Images are
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import Tensor, nn
 
 from dgm_fast import _checks
@@ -23,6 +25,7 @@ from dgm_fast.vae import (
     gaussian_kl,
     reparameterize,
 )
+from dgm_fast.vae.optimize import per_image_sequential, stacked_parameters
 from dgm_fast.vae.reference import N_LEVELS
 
 IMAGE_SIZE = 32
@@ -41,6 +44,17 @@ class DCGANEncoder(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mu, logvar = self.body(x).flatten(1).chunk(2, dim=1)
         return mu, logvar
+
+    def per_image(self, batch: int) -> tuple[dict[str, Tensor], Callable]:
+        """LR_E's ``batch`` copies of this encoder (``dgm_fast.vae.optimize.per_image_encoder``), in eval mode,
+        each convolution one batched GEMM over the images (``per_image_sequential``)."""
+        params, run = stacked_parameters(self, batch), per_image_sequential(self.body, "body.")
+
+        def encode(p: dict[str, Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
+            mu, logvar = run(p, x).flatten(1).chunk(2, dim=1)
+            return mu, logvar
+
+        return params, encode
 
 
 class DCGANDecoder(nn.Module):

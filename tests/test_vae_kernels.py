@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import dgm_fast
 from dgm_fast import _extension
 from dgm_fast.vae.functional import categorical_pixel_nll
-from dgm_fast.vae.op import BACKWARD, NLL
+from dgm_fast.vae.op import NLL, NLL_BACKWARD
 from dgm_fast.vae.reference import categorical_pixel_nll_backward_reference, categorical_pixel_nll_reference
 from helpers import TOL
 
@@ -159,7 +159,7 @@ def test_infinities_and_nan(native, dtype):
     gen = torch.Generator().manual_seed(9)
     grad_nll = torch.randn(nll.shape, generator=gen, dtype=torch.float64).to(device, dtype)
     grad_lse = torch.randn(lse.shape, generator=gen, dtype=torch.float64).to(device, dtype)
-    grad = BACKWARD(grad_nll, grad_lse, logits, target, ref_lse)
+    grad = NLL_BACKWARD(grad_nll, grad_lse, logits, target, ref_lse)
     expect = categorical_pixel_nll_backward_reference(grad_nll, grad_lse, logits, target, ref_lse)
     torch.testing.assert_close(grad, expect, equal_nan=True, **TOL[dtype])
 
@@ -178,7 +178,7 @@ def test_target_out_of_range_gives_nan(native, dtype):
     torch.testing.assert_close(nll[0], ref_nll[0], **TOL[dtype])
     assert torch.isnan(nll[1:]).all()
     torch.testing.assert_close(lse, ref_lse, **TOL[dtype])
-    grad = BACKWARD(torch.ones_like(nll), torch.zeros_like(lse), logits, bad, ref_lse)
+    grad = NLL_BACKWARD(torch.ones_like(nll), torch.zeros_like(lse), logits, bad, ref_lse)
     levels = grad.view(4, 3, 256, 35)
     assert torch.isnan(levels[1, 2, :, 4 * 7 + 6]).all() and torch.isnan(levels[3, 1, :, 2 * 7 + 2]).all()
     good = torch.ones(4, 3, 35, dtype=torch.bool)
@@ -251,10 +251,10 @@ def test_cpu_portable_build_and_threads():
         try:
             assert _extension._C.vae_isa() == "portable"
             nll_p, lse_p = NLL(logits, target)
-            grad_p = BACKWARD(torch.ones_like(nll), torch.ones_like(lse), logits, target, lse)
+            grad_p = NLL_BACKWARD(torch.ones_like(nll), torch.ones_like(lse), logits, target, lse)
         finally:
             _extension._C.set_vae_portable(False)
-        grad = BACKWARD(torch.ones_like(nll), torch.ones_like(lse), logits, target, lse)
+        grad = NLL_BACKWARD(torch.ones_like(nll), torch.ones_like(lse), logits, target, lse)
     assert torch.equal(nll_p, nll) and torch.equal(lse_p, lse) and torch.equal(grad_p, grad)
     torch.testing.assert_close(nll, categorical_pixel_nll_reference(logits, target)[0], **TOL[torch.float32])
 
@@ -264,6 +264,6 @@ def test_kernel_outputs_are_all_written(native):
     device, _ = native
     logits, target = make_inputs(2, 3, (13, 9), torch.float32, device, seed=12)
     nll, lse = NLL(logits, target)
-    grad = BACKWARD(torch.ones_like(nll), torch.ones_like(lse), logits, target, lse)
+    grad = NLL_BACKWARD(torch.ones_like(nll), torch.ones_like(lse), logits, target, lse)
     assert torch.isfinite(nll).all() and torch.isfinite(lse).all() and torch.isfinite(grad).all()
     assert not math.isnan(float(grad.sum()))

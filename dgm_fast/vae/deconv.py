@@ -17,10 +17,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from dgm_fast import _checks
 from dgm_fast.vae.functional import DTYPES, categorical_pixel_nll, check_target
-from dgm_fast.vae.op import NLL
+from dgm_fast.vae.op import NLL, NLL_BACKWARD
 from dgm_fast.vae.reference import N_LEVELS
 
 # per output parity (py, px): the two (start of the input rows in the 1-padded input, kernel
@@ -57,17 +58,39 @@ def conv_transpose_by_parity(h: Tensor, weights: Tensor, bias: Tensor | None) ->
     return out.view(4, -1, n, height, width)
 
 
+class _PixelNLL(torch.autograd.Function):
+    """Each pixel's ``logsumexp_v logits - logits[target]`` for logits (G, nc * 256, *pixels), the
+    likelihood kernel's ``lse`` less the gathered target logit. Its backward is the kernel's
+    (``softmax * g``, one pass) with ``-g`` added at the targets in place: autograd of the gather
+    would add a zero-filled copy of the logits' gradient, 13% of an LR step's likelihood."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, levels: Tensor) -> Tensor:
+        _, lse = NLL(logits, levels)
+        picked = logits.view(*levels.shape[:2], N_LEVELS, -1).gather(2, levels.view(*levels.shape[:2], 1, -1))
+        ctx.save_for_backward(logits, levels, lse)
+        return lse - picked.view_as(lse)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        logits, levels, lse = ctx.saved_tensors
+        grad = grad.contiguous()
+        out = NLL_BACKWARD(grad.new_zeros(grad.shape[:1]), grad, logits, levels, lse)
+        shape = (*levels.shape[:2], 1, -1)
+        out.view(*levels.shape[:2], N_LEVELS, -1).scatter_add_(2, levels.view(shape), -grad.view(shape))
+        return out, None
+
+
 def _nll_by_parity(h: Tensor, weights: Tensor, bias: Tensor | None, target: Tensor) -> Tensor:
     """Per-sample NLL of one chunk: the kernel sees the four parities as four images whose rows
-    are the samples' rows, and returns each pixel's logsumexp; the target logit is gathered."""
+    are the samples' rows, and each pixel's NLL is summed per sample."""
     n, _, height, width = h.shape
     nc = target.shape[1]
     logits = conv_transpose_by_parity(h, weights, bias).view(4, nc * N_LEVELS, n * height, width)
     levels = torch.stack([target[:, :, py::2, px::2].transpose(0, 1) for py, px in _PARITIES])
     levels = levels.reshape(4, nc, n * height, width)
-    _, lse = NLL(logits, levels)
-    picked = logits.view(4, nc, N_LEVELS, -1).gather(2, levels.view(4, nc, 1, -1))
-    return (lse.view(4, nc, n, -1) - picked.view(4, nc, n, -1)).sum((0, 1, 3))
+    return _PixelNLL.apply(logits, levels).view(4, nc, n, -1).sum((0, 1, 3))
 
 
 def categorical_pixel_nll_deconv(h: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor, *,
@@ -75,7 +98,7 @@ def categorical_pixel_nll_deconv(h: Tensor, weight: Tensor, bias: Tensor | None,
     """``categorical_pixel_nll(F.conv_transpose2d(h, weight, bias, stride=2, padding=1), target)``
     ``chunk`` samples at a time: the logits of at most ``chunk`` samples exist at once (3 MB a
     sample for nc = 3 at 32 x 32). ``weight`` (c_in, nc * 256, 4, 4), ``h`` (n, c_in, H, W),
-    ``target`` (n, nc, 2H, 2W). Differentiable in ``h``, ``weight`` and ``bias``."""
+    ``target`` (n, nc, 2H, 2W). Differentiable (first order) in ``h``, ``weight`` and ``bias``."""
     _checks.dense_tensor("h", h, DTYPES)
     _checks.dense_tensor("weight", weight, DTYPES)
     _checks.same_kind("weight", weight, "h", h)

@@ -41,13 +41,13 @@ def _backward(ctx, grad_nll, grad_lse):
     grad_lse = torch.zeros_like(lse) if grad_lse is None else grad_lse
     if torch.is_grad_enabled():  # create_graph: the differentiable formula
         return categorical_pixel_nll_backward_reference(grad_nll, grad_lse, logits, target, lse), None
-    return BACKWARD(grad_nll, grad_lse, logits, target, lse), None
+    return NLL_BACKWARD(grad_nll, grad_lse, logits, target, lse), None
 
 
 NLL = FusedOp("vae", "categorical_pixel_nll", "(Tensor logits, Tensor target) -> (Tensor, Tensor)",
               reference=categorical_pixel_nll_reference, outputs=_nll_outputs,
               setup_context=_setup_context, backward=_backward)
-BACKWARD = FusedOp(
+NLL_BACKWARD = FusedOp(
     "vae", "categorical_pixel_nll_backward",
     "(Tensor grad_nll, Tensor grad_lse, Tensor logits, Tensor target, Tensor lse) -> Tensor",
     reference=categorical_pixel_nll_backward_reference, outputs=lambda g, gl, logits, *_: [empty_output(logits, torch.contiguous_format)],

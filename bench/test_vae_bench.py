@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 import dgm_fast
 from dgm_fast.benchmark import peak_extra_bytes
-from dgm_fast.models.dcgan_vae import DCGANVAE
+from dgm_fast.models.dcgan_vae import IMAGE_SIZE, DCGANVAE
 from dgm_fast.models.ood import fit_posterior
 from dgm_fast.vae import categorical_target, importance_weighted_nll
 from dgm_fast.vae.deconv import CHUNK, parity_weights
@@ -165,7 +165,8 @@ def test_gemm_k1000(measure, bench_config, cifar_vae):
     if bench_config.device.type != "cpu":
         pytest.skip("the floor of the CPU's K = 1000 likelihood")
     last = cifar_vae[0].decoder.last
-    c_in, c_out, pixels = last.in_channels, last.out_channels, CHUNK * 16 * 16  # 16 x 16: the layer's input
+    side = IMAGE_SIZE // 2  # the layer's input: it doubles height and width
+    c_in, c_out, pixels = last.in_channels, last.out_channels, CHUNK * side * side
     weights = parity_weights(last.weight.detach())
     rows = torch.randn(4, 4 * c_in, pixels, generator=torch.Generator().manual_seed(3))
     out = torch.empty(4, c_out, pixels)
@@ -175,7 +176,7 @@ def test_gemm_k1000(measure, bench_config, cifar_vae):
             torch.bmm(weights, rows, out=out)
 
     measure(run, op="gemm_k1000", contender="torch", size=K, dtype=DTYPE,
-            flops=K * 2 * c_out * 4 * 4 * c_in * 16 * 16)  # per sample: 4 parities x 256 pixels x 4 c_in taps
+            flops=K * 2 * c_out * 4 * c_in * 4 * side * side)  # per sample: 4 taps of c_in, 4 parities of side^2
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -511,9 +511,9 @@ def ptx_for_sm90(kernel, args, kwargs):
 
 def ptxas_spill_bytes(ptx: str, tmp_path) -> int | None:
     """Bytes of register spill stores when ptxas (CUDA's assembler, beside nvcc) assembles ``ptx`` for
-    sm_90a, or None where it cannot (no ptxas, or PTX it does not know). A newer Triton declares a PTX
-    version this ptxas may not know; it is lowered to the highest this one accepts, which fails
-    loudly if the code uses anything newer."""
+    sm_90a, or None where there is no ptxas. A newer Triton declares a PTX version this ptxas may not
+    know; it is lowered to the highest this one accepts, and code that uses anything newer fails to
+    assemble: an AssertionError, as any other ptxas failure."""
     ptxas = shutil.which("ptxas")
     if ptxas is None:
         return None
@@ -527,8 +527,9 @@ def ptxas_spill_bytes(ptx: str, tmp_path) -> int | None:
                      flags=re.M)
     path.write_text(ptx)
     result = subprocess.run([ptxas, "-arch=sm_90a", "-v", str(path), "-o", os.devnull], capture_output=True, text=True)
-    found = re.search(r"(\d+) bytes spill stores", result.stderr)
-    return int(found.group(1)) if result.returncode == 0 and found else None
+    found = re.findall(r"(\d+) bytes spill stores", result.stderr)
+    assert result.returncode == 0 and found, f"ptxas did not assemble the kernel:\n{result.stderr[-2000:]}"
+    return sum(int(n) for n in found)
 
 
 def _isa_key(version: str) -> tuple[int, ...]:

@@ -103,7 +103,7 @@ class CouplingFlow(nn.Module):
             self.register_buffer(f"perm{b}", perm)
             self.register_buffer(f"inv_perm{b}", torch.argsort(perm))
         # what keeping the subnets' activations costs a row, and what rerunning them saves per kept value
-        weights = [layer.weight for subnet in self.subnets for layer in subnet]
+        weights = [layer.weight for layer in self._linears()]
         row, perms = torch.empty(1, dim), [self.perm0] * n_blocks
         self._kept_per_row = saved_size(row, weights, perms, False, True) - saved_size(row, weights, perms, False, False)
         self._macs_per_value = sum(w.numel() for w in weights) / self._kept_per_row
@@ -124,8 +124,12 @@ class CouplingFlow(nn.Module):
         """Whether calls on ``z`` run the whole flow as one op (``dgm_fast::coupling_flow``)."""
         return self.dim <= FUSED_MAX_DIM and z.dtype in (torch.float32, torch.float64)
 
+    def _linears(self) -> list[nn.Linear]:
+        """Every coupling's Linear layers, in the order the flow ops take their weights."""
+        return [layer for subnet in self.subnets for layer in subnet]
+
     def _flow_op(self, z: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-        layers = [layer for subnet in self.subnets for layer in subnet]
+        layers = self._linears()
         weights, biases = [_parameter(x, "weight") for x in layers], [_parameter(x, "bias") for x in layers]
         perms = [self._buffers[f"perm{b}"] for b in range(self.n_blocks)]
         if (z.dtype, z.device) != (weights[0].dtype, weights[0].device):

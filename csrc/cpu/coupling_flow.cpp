@@ -298,8 +298,8 @@ void flow_backward(const Flow& f, const at::Tensor& grad_u, const at::Tensor& gr
   for (at::TensorList list : {grad_weights, grad_biases}) {
     for (const at::Tensor& g : list) outs.push_back(g.data_ptr<T>());
   }
-  // the threads' sums, in thread order, over shares of the flat gradient (at hidden 256 it is
-  // 2.9 MB a thread: a serial sum was 5% of the backward)
+  // the threads' sums, in thread order, over shares of the flat gradient (2.9 MB a thread at
+  // hidden 256, where zeroing and summing them on one core was 5% of the backward)
   at::parallel_for(0, grad_size, 131072, [&](int64_t e0, int64_t e1) {
     int64_t i = std::upper_bound(grad_offset.begin(), grad_offset.end(), e0) - grad_offset.begin() - 1;
     for (int64_t e = e0; e < e1; ++i) {

@@ -58,6 +58,13 @@ def conv_transpose_by_parity(h: Tensor, weights: Tensor, bias: Tensor | None) ->
     return out.view(4, -1, n, height, width)
 
 
+def _by_level(logits: Tensor, levels: Tensor) -> tuple[Tensor, Tensor]:
+    """``logits`` (G, nc * 256, *pixels) as (G, nc, 256, P) and ``levels`` (G, nc, *pixels) as the
+    (G, nc, 1, P) index of each pixel's target level in it."""
+    groups = levels.shape[:2]
+    return logits.view(*groups, N_LEVELS, -1), levels.view(*groups, 1, -1)
+
+
 class _PixelNLL(torch.autograd.Function):
     """Each pixel's ``logsumexp_v logits - logits[target]`` for logits (G, nc * 256, *pixels), the
     likelihood kernel's ``lse`` less the gathered target logit. Its backward is the kernel's
@@ -77,8 +84,8 @@ class _PixelNLL(torch.autograd.Function):
         logits, levels, lse = ctx.saved_tensors
         grad = grad.contiguous()
         out = NLL_BACKWARD(grad.new_zeros(grad.shape[:1]), grad, logits, levels, lse)
-        shape = (*levels.shape[:2], 1, -1)
-        out.view(*levels.shape[:2], N_LEVELS, -1).scatter_add_(2, levels.view(shape), -grad.view(shape))
+        by_level, index = _by_level(out, levels)
+        by_level.scatter_add_(2, index, -grad.view(index.shape))
         return out, None
 
 

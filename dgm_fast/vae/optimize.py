@@ -205,23 +205,20 @@ def per_image_sequential(body: nn.Sequential, prefix: str = "") -> Callable[[dic
     1 GFLOP/s for the DCGAN encoder's last layer, a 4x4 kernel on a 4x4 input: most of an LR_E
     step). Layers: ``Conv2d`` (zero padding, no groups), ``BatchNorm2d`` with running statistics
     (used as in eval mode), and layers without parameters (activations)."""
+    layers = []  # (layer, its per-image function or None, its parameters' keys in params)
     for name, layer in body.named_children():
         conv_ok = isinstance(layer, nn.Conv2d) and layer.groups == 1 and layer.padding_mode == "zeros" and \
             not isinstance(layer.padding, str)
         norm_ok = isinstance(layer, nn.BatchNorm2d) and layer.running_mean is not None
         if not (conv_ok or norm_ok or next(layer.parameters(), None) is None):
             raise TypeError(f"per_image_sequential: layer {name} ({layer}) is not supported")
+        per_image = _conv2d_per_image if conv_ok else _batch_norm_per_image if norm_ok else None
+        layers.append((layer, per_image, f"{prefix}{name}.weight", f"{prefix}{name}.bias"))
 
     def run(params: dict[str, Tensor], x: Tensor) -> Tensor:
         h = x
-        for name, layer in body.named_children():
-            weight, bias = params.get(f"{prefix}{name}.weight"), params.get(f"{prefix}{name}.bias")
-            if isinstance(layer, nn.Conv2d):
-                h = _conv2d_per_image(h, weight, bias, layer)
-            elif isinstance(layer, nn.BatchNorm2d):
-                h = _batch_norm_per_image(h, weight, bias, layer)
-            else:
-                h = layer(h)
+        for layer, per_image, weight, bias in layers:
+            h = layer(h) if per_image is None else per_image(h, params.get(weight), params.get(bias), layer)
         return h
 
     return run

@@ -12,7 +12,6 @@
 #include <vector>
 
 #include "below_autograd_call.h"
-#include "cpu/buffer_pool.h"
 #include "cpu/coupling.h"
 #include "cpu/coupling_flow.h"
 #include "cpu/ebm.h"
@@ -115,8 +114,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                                              grad_weights, grad_biases, scale, clamp, activation, store_activations);
       },
       py::call_guard<py::gil_scoped_release>());
-  m.def("buffer_pool_held_bytes", [] { return dgm_fast::cpu::BufferPool::instance().held_bytes(); },
-        "bytes of dropped buffers the fused CPU kernels keep for their next calls (tests)");
   m.def("coupling_flow_isa", &dgm_fast::coupling_flow_isa,
         "the instruction set the fused flow's tiles run with (\"avx2\" or \"portable\")");
   m.def("set_coupling_flow_portable", &dgm_fast::set_coupling_flow_portable,

@@ -390,8 +390,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> coupling_flow_op(
   const Flow f(zc, w, b, p, scale_code, clamp, activation_code);
   at::Tensor u = empty_output(z), buf = contiguous_buffer(u);
   at::Tensor logdet = empty_output(z.size(0), z.options());
-  at::Tensor saved = poisoned(cpu::BufferPool::instance().empty(
-      inverse ? 0 : Layout(f, z.size(0), store_activations).size, z.scalar_type()));
+  at::Tensor saved = empty_output(inverse ? 0 : Layout(f, z.size(0), store_activations).size, z.options());
   coupling_flow_cpu(zc, w, b, p, buf, logdet, saved, scale_code, clamp, activation_code, inverse, store_activations);
   write_back(u, buf);
   return {u, logdet, saved};

@@ -9,20 +9,18 @@
 #include <atomic>
 #include <cstdint>
 
-#include "cpu/buffer_pool.h"
-
 namespace dgm_fast {
 namespace cpu {
 
-// Per-thread scratch, carved out of one pooled allocation (buffer_pool.h), 64-byte aligned (so each
+// Per-thread scratch, carved out of one allocation, 64-byte aligned (so each
 // piece the callers carve of a multiple of 64 bytes is too).
 template <typename T>
 struct Scratch {
   at::Tensor buf;
   int64_t per_thread;
   Scratch(int64_t per_thread, int64_t threads)
-      : buf(BufferPool::instance().empty(per_thread * threads + 64 / static_cast<int64_t>(sizeof(T)),
-                                         c10::CppTypeToScalarType<T>::value)),
+      : buf(at::empty({per_thread * threads + 64 / static_cast<int64_t>(sizeof(T))},
+                      at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value))),
         per_thread(per_thread) {}
   T* of(int64_t thread) const {
     T* base = buf.data_ptr<T>();

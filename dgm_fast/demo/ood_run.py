@@ -21,6 +21,7 @@ files as a single process.
 from __future__ import annotations
 
 import csv
+import importlib
 import math
 import os
 import time
@@ -135,6 +136,11 @@ def _distributed(device: torch.device) -> tuple[int, int, torch.device, bool]:
         torch.cuda.set_device(device)
     started = not dist.is_initialized()
     if started:
+        # Imported after the group exists (torch.optim does so), torch._dynamo keeps references to it that
+        # destroy_process_group does not drop: the gloo group then lives on, threads and sockets, into
+        # interpreter exit, where its teardown aborted a rank now and then ("terminate called without an
+        # active exception", torch 2.13). Imported first, it holds none, and run_ood's destroy ends the group.
+        importlib.import_module("torch._dynamo")
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size(), device, started
 

@@ -301,17 +301,17 @@ def test_cli_load_of_other_sizes_is_a_usage_error(cli_run, capsys):
     assert info.value.code == 2 and "--load" in err and "DCGANVAE(nc=1, nf=3, nz=4)" in err
 
 
-# the CLI as `-m dgm_fast.cli` runs it, then the threads left in the process (Linux names them in /proc)
+# the CLI as `-m dgm_fast.cli` runs it, then the threads left in the process (where Linux names them in /proc)
 _CLI_THEN_THREADS = """
 import os, sys
 from dgm_fast.cli import main
 main(sys.argv[1:])
-tasks = [f"/proc/self/task/{t}/comm" for t in os.listdir("/proc/self/task")]
-print("threads after the run:", sorted(open(t).read().strip() for t in tasks))
+if os.path.isdir("/proc/self/task"):
+    tasks = [f"/proc/self/task/{t}/comm" for t in os.listdir("/proc/self/task")]
+    print("threads after the run:", sorted(open(t).read().strip() for t in tasks))
 """
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="thread names are read from Linux's /proc")
 def test_torchrun_two_processes_score_as_one(cli_run, tmp_path):
     """Rank 0 trains (same seed and settings) and broadcasts; each rank scores a shard; rank 0 writes the files.
     The per-image scores equal the single-process run's. Each rank leaves with its process group ended: no
@@ -325,8 +325,9 @@ def test_torchrun_two_processes_score_as_one(cli_run, tmp_path):
     done = subprocess.run(cmd, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "AUROC" in done.stdout and done.stdout.count("wrote ") == 1  # only rank 0 reports
-    left = re.findall(r"threads after the run: (.*)", done.stdout)
-    assert len(left) == 2 and not any("gloo" in names for names in left), left
+    if Path("/proc/self/task").is_dir():
+        left = re.findall(r"threads after the run: (.*)", done.stdout)
+        assert len(left) == 2 and not any("gloo" in names for names in left), left
     single, sharded = torch.load(cli_run["dir"] / "vae.pt"), torch.load(tmp_path / "vae.pt")
     assert all(torch.equal(single[k], sharded[k]) for k in single)
     assert _rows(tmp_path) == _rows(cli_run["out"])
